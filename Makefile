@@ -1,0 +1,24 @@
+# `make demo` and `make test` each do the whole set-up first (tools/setup.sh is idempotent and quick when done).
+VENV := .venv
+PY := $(VENV)/bin/python
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: setup demo test lint bench clean
+
+setup:
+	@bash tools/setup.sh
+
+demo: setup
+	$(VENV)/bin/tf-ecqx demo
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check tf_ecqx tests tools
+
+bench: setup
+	$(PY) tools/bench_ecq.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

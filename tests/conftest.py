@@ -1,0 +1,52 @@
+"""Shared fixtures: real Fashion-MNIST samples and small models. Fashion-MNIST comes from local IDX files."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+import pytest
+
+from tf_ecqx import datasets
+from tf_ecqx._keras import keras
+
+
+@pytest.fixture(scope="session")
+def fashion() -> tuple[datasets.Split, datasets.Split]:
+    try:
+        return datasets.fashion_mnist(use_tfds=False)
+    except FileNotFoundError as error:
+        pytest.fail(f"Fashion-MNIST is needed for this test and `make test` installs it: {error}")
+
+
+@pytest.fixture(scope="session")
+def fashion_small(fashion) -> tuple[datasets.Split, datasets.Split]:
+    """2048 training and 512 test images of real Fashion-MNIST."""
+    train, test = fashion
+    return datasets.Split(train.x[:2048], train.y[:2048]), datasets.Split(test.x[:512], test.y[:512])
+
+
+def small_cnn(batch_norm: bool = False, residual: bool = False) -> keras.Model:
+    """A small functional CNN on 28x28x1 with optional BatchNormalization and a residual Add."""
+    inputs = keras.Input((28, 28, 1))
+    x = keras.layers.Conv2D(8, 3, use_bias=not batch_norm)(inputs)
+    if batch_norm:
+        x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.ReLU()(x)
+    if residual:
+        y = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(x)
+        x = keras.layers.Add()([x, y])
+    x = keras.layers.DepthwiseConv2D(3, activation="relu")(x)
+    x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dropout(0.1)(x)
+    x = keras.layers.Dense(32, activation="relu")(x)
+    outputs = keras.layers.Dense(10)(x)
+    return keras.Model(inputs, outputs)
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)

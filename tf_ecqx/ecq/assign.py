@@ -1,0 +1,159 @@
+"""Entropy-constrained assignment of weights to grid levels (ECQX_METHOD.md §3).
+
+Pure TensorFlow, no Keras, no state: every function maps tensors to tensors and runs inside the compiled train step.
+The argmin over levels is exact but never materialises an (N weights x L levels) cost matrix: the cost of a nonzero
+level, (w - c_k)^2 + lambda * I_k = w^2 + (-2 c_k) w + (c_k^2 + lambda * I_k), is a line in w, so the cheapest nonzero
+level is read off the lower envelope of L lines (an L x L computation) with one `searchsorted` per weight.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import tensorflow as tf
+
+from tf_ecqx.ecq.grid import Grid
+
+ZERO_PRIOR = 0.5
+SIZE_DECAY_OFFSET = 0.05
+
+
+class Assignment(NamedTuple):
+    """Per-weight costs of the zero level and of the cheapest nonzero level, and that level's code."""
+
+    zero_cost: tf.Tensor
+    nonzero_cost: tf.Tensor
+    nonzero_code: tf.Tensor
+
+
+def level_codes(grid: Grid) -> tf.Tensor:
+    """All integer codes of the grid, ascending."""
+    return tf.range(grid.k_min, grid.k_max + 1)
+
+
+def nearest_codes(w: tf.Tensor, grid: Grid) -> tf.Tensor:
+    """Preliminary assignment k0(w) = argmin_k (w - k * step)^2, as int32 codes."""
+    codes = tf.round(w / grid.step)
+    return tf.cast(tf.clip_by_value(codes, tf.cast(grid.k_min, w.dtype), tf.cast(grid.k_max, w.dtype)), tf.int32)
+
+
+def zero_biased_pmf(codes: tf.Tensor, grid: Grid) -> tf.Tensor:
+    """Cluster probabilities over `level_codes(grid)`, with P_0 raised to 1/2 when below (others scaled to sum 1/2).
+
+    The bias makes zero the cheapest cluster in information content, which is what drives sparsity.
+    """
+    n_levels = grid.k_max - grid.k_min + 1
+    counts = tf.math.bincount(tf.reshape(codes - grid.k_min, [-1]), minlength=n_levels, maxlength=n_levels)
+    pmf = tf.cast(counts, tf.float32) / tf.cast(tf.size(codes), tf.float32)
+    is_zero = tf.equal(level_codes(grid), 0)
+    p_zero = tf.reduce_sum(tf.where(is_zero, pmf, 0.0))
+    others = 1.0 - p_zero
+    scale = tf.where(p_zero < ZERO_PRIOR, tf.math.divide_no_nan(ZERO_PRIOR, others), 1.0)
+    return tf.where(is_zero, tf.maximum(p_zero, ZERO_PRIOR), pmf * scale)
+
+
+def information_content(pmf: tf.Tensor) -> tf.Tensor:
+    """I_k = -log2 P_k in bits; an empty cluster gets +inf and is never chosen."""
+    return tf.where(pmf > 0, -tf.math.log(tf.where(pmf > 0, pmf, 1.0)) / tf.math.log(2.0), float("inf"))
+
+
+def size_factor(n_weights: int, n_weights_max: int) -> float:
+    """Layer-size decay d_l = (N_l / N_max + 0.05) / 1.05: bigger layers get more entropy pressure."""
+    return (n_weights / n_weights_max + SIZE_DECAY_OFFSET) / (1.0 + SIZE_DECAY_OFFSET)
+
+
+def lambda_max(w: tf.Tensor, codes: tf.Tensor, info: tf.Tensor, grid: Grid) -> tf.Tensor:
+    """The lambda at which the most negative and the most positive weight would just flip to zero.
+
+    lambda_n = (w_min^2 - (w_min - c_a)^2) / (I_a - I_0) with c_a the nearest level of w_min, lambda_p likewise for
+    w_max; the result is their maximum. A side whose extreme weight already rounds to zero contributes 0.
+    (The reference code misplaces the squares; this is the formula that follows from the cost.)
+    """
+    i_zero = tf.gather(info, -grid.k_min)
+
+    def flip_lambda(extreme: tf.Tensor, code: tf.Tensor) -> tf.Tensor:
+        level = tf.cast(code, tf.float32) * grid.step
+        gain = tf.square(extreme) - tf.square(extreme - level)
+        info_gap = tf.gather(info, code - grid.k_min) - i_zero
+        usable = tf.logical_and(tf.not_equal(code, 0), tf.math.is_finite(info_gap))
+        return tf.where(usable, tf.math.divide_no_nan(gain, tf.where(usable, info_gap, 1.0)), 0.0)
+
+    flat_w, flat_codes = tf.reshape(w, [-1]), tf.reshape(codes, [-1])
+    i_min, i_max = tf.argmin(flat_w), tf.argmax(flat_w)
+    return tf.maximum(
+        flip_lambda(flat_w[i_min], flat_codes[i_min]),
+        flip_lambda(flat_w[i_max], flat_codes[i_max]),
+    )
+
+
+def assignment_costs(w: tf.Tensor, grid: Grid, info: tf.Tensor, lam: tf.Tensor) -> Assignment:
+    """Cost of the zero level and of the cheapest nonzero level for every weight (same shape as w).
+
+    C_k(w) = (w - c_k)^2 + lam * I_k. Empty clusters (I = inf) are never chosen; when no nonzero cluster is usable the
+    nonzero cost is +inf.
+    """
+    codes = level_codes(grid)
+    levels = tf.cast(codes, tf.float32) * grid.step
+    usable = tf.logical_and(tf.not_equal(codes, 0), tf.math.is_finite(info))
+    penalty = tf.where(tf.math.is_finite(info), lam * tf.where(tf.math.is_finite(info), info, 0.0), float("inf"))
+
+    # Line k: f_k(w) = slope_k * w + offset_k (the common w^2 is left out). Line k beats a line j with c_j < c_k for
+    # w >= x_jk and a line j with c_j > c_k for w <= x_jk, where x_jk is their crossing.
+    slope = -2.0 * levels
+    offset = tf.square(levels) + penalty
+    j_below_k = codes[:, None] < codes[None, :]
+    pair_usable = tf.logical_and(usable[:, None], usable[None, :])
+    finite_offset = tf.where(usable, offset, 0.0)
+    run = slope[None, :] - slope[:, None]
+    crossing = (finite_offset[:, None] - finite_offset[None, :]) / tf.where(tf.equal(run, 0.0), 1.0, run)
+    lower = tf.reduce_max(tf.where(tf.logical_and(pair_usable, j_below_k), crossing, -float("inf")), axis=0)
+    upper_mask = tf.logical_and(pair_usable, codes[:, None] > codes[None, :])
+    upper = tf.reduce_min(tf.where(upper_mask, crossing, float("inf")), axis=0)
+    on_envelope = tf.logical_and(usable, lower < upper)
+
+    breakpoints = tf.boolean_mask(lower, on_envelope)
+    envelope_codes = tf.concat([[0], tf.boolean_mask(codes, on_envelope)], 0)  # slot 0: "no usable level"
+    slot = tf.searchsorted(breakpoints, tf.reshape(w, [-1]), side="right")
+    nonzero_code = tf.reshape(tf.gather(envelope_codes, slot), tf.shape(w))
+
+    chosen_penalty = tf.gather(penalty, nonzero_code - grid.k_min)
+    chosen_level = tf.cast(nonzero_code, tf.float32) * grid.step
+    nonzero_cost = tf.where(
+        tf.equal(nonzero_code, 0), float("inf"), tf.square(w - chosen_level) + chosen_penalty
+    )
+    zero_cost = tf.square(w) + tf.gather(penalty, -grid.k_min)
+    return Assignment(zero_cost=zero_cost, nonzero_cost=nonzero_cost, nonzero_code=nonzero_code)
+
+
+def choose_codes(assignment: Assignment, zero_cost: tf.Tensor | None = None) -> tf.Tensor:
+    """Codes of the cheaper option per weight; zero wins ties. `zero_cost` overrides the assignment's (ECQx)."""
+    zero = assignment.zero_cost if zero_cost is None else zero_cost
+    return tf.where(zero <= assignment.nonzero_cost, tf.zeros_like(assignment.nonzero_code), assignment.nonzero_code)
+
+
+def ecq_codes(w: tf.Tensor, grid: Grid, lam: float | tf.Tensor, layer_size_factor: float | tf.Tensor = 1.0) -> tf.Tensor:
+    """Entropy-constrained codes of kernel w: lam is the user's lambda (0 = nearest level, larger = sparser)."""
+    w = tf.convert_to_tensor(w, tf.float32)
+    return choose_codes(ecq_assignment(w, grid, lam, layer_size_factor))
+
+
+def ecq_assignment(
+    w: tf.Tensor, grid: Grid, lam: float | tf.Tensor, layer_size_factor: float | tf.Tensor = 1.0
+) -> Assignment:
+    """The full ECQ pipeline up to the costs: preliminary codes, zero-biased PMF, layer lambda, costs."""
+    preliminary = nearest_codes(w, grid)
+    info = information_content(zero_biased_pmf(preliminary, grid))
+    layer_lam = tf.cast(lam, tf.float32) * lambda_max(w, preliminary, info, grid) * layer_size_factor
+    return assignment_costs(w, grid, info, layer_lam)
+
+
+def sparsity(codes: tf.Tensor) -> tf.Tensor:
+    """Fraction of zero codes."""
+    return tf.reduce_mean(tf.cast(tf.equal(codes, 0), tf.float32))
+
+
+def code_entropy(codes: tf.Tensor) -> tf.Tensor:
+    """Empirical entropy of the code distribution in bits per weight."""
+    _, _, counts = tf.unique_with_counts(tf.reshape(codes, [-1]))
+    p = tf.cast(counts, tf.float32) / tf.cast(tf.size(codes), tf.float32)
+    return -tf.reduce_sum(p * tf.math.log(p)) / tf.math.log(2.0)

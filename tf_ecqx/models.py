@@ -1,0 +1,65 @@
+"""The reference float models used by the demo, the benchmarks and the tests, and their cached training."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+from tf_ecqx._keras import keras
+from tf_ecqx.datasets import Split
+
+CACHE_DIR = Path(os.environ.get("TF_ECQX_CACHE", Path.home() / ".cache" / "tf_ecqx"))
+
+
+def demo_cnn() -> keras.Model:
+    """Small Fashion-MNIST CNN: two conv/pool stages and two dense layers (about 110k weights)."""
+    inputs = keras.Input((28, 28, 1), name="image")
+    x = keras.layers.Conv2D(16, 3, activation="relu", name="conv1")(inputs)
+    x = keras.layers.MaxPooling2D(name="pool1")(x)
+    x = keras.layers.Conv2D(32, 3, activation="relu", name="conv2")(x)
+    x = keras.layers.MaxPooling2D(name="pool2")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    x = keras.layers.Dense(128, activation="relu", name="fc1")(x)
+    outputs = keras.layers.Dense(10, name="logits")(x)
+    return keras.Model(inputs, outputs, name="demo_cnn")
+
+
+def mlp() -> keras.Model:
+    """Fashion-MNIST MLP 784-512-256-10 with ReLU."""
+    inputs = keras.Input((28, 28, 1), name="image")
+    x = keras.layers.Flatten(name="flatten")(inputs)
+    x = keras.layers.Dense(512, activation="relu", name="fc1")(x)
+    x = keras.layers.Dense(256, activation="relu", name="fc2")(x)
+    outputs = keras.layers.Dense(10, name="logits")(x)
+    return keras.Model(inputs, outputs, name="mlp")
+
+
+ARCHITECTURES: dict[str, Callable[[], keras.Model]] = {"demo_cnn": demo_cnn, "mlp": mlp}
+
+
+def compile_for_classification(model: keras.Model, learning_rate: float = 1e-3) -> keras.Model:
+    """Adam + sparse categorical cross-entropy on logits + accuracy (the reference training setup)."""
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def trained_float_model(
+    name: str, train: Split, epochs: int = 3, batch_size: int = 64, seed: int = 0, verbose: int = 2
+) -> keras.Model:
+    """The float model `name` trained on `train`, loaded from the cache when it was trained before with these settings."""
+    path = CACHE_DIR / f"{name}_e{epochs}_b{batch_size}_s{seed}_n{len(train.x)}.keras"
+    if path.exists():
+        return compile_for_classification(keras.models.load_model(path, compile=False))
+    keras.utils.set_random_seed(seed)
+    model = compile_for_classification(ARCHITECTURES[name]())
+    model.fit(train.as_dataset(batch_size, shuffle=True, seed=seed), epochs=epochs, verbose=verbose)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial.keras")
+    model.save(partial)
+    partial.replace(path)  # a crash mid-save never leaves a truncated cache entry
+    return model

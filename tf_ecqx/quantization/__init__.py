@@ -1,0 +1,1 @@
+"""tfmot integration: quantizer, configs, scheme and the model-level verbs."""

@@ -1,0 +1,123 @@
+"""Model-level verbs: annotate, apply, quantize a whole model, and the scope that loads quantized models back."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, NamedTuple
+
+import tensorflow as tf
+from tensorflow_model_optimization.python.core.quantization.keras import quantize as tfmot_quantize
+from tensorflow_model_optimization.python.core.quantization.keras.quantize_annotate import QuantizeAnnotate
+from tensorflow_model_optimization.python.core.quantization.keras.quantize_wrapper import QuantizeWrapper
+
+from tf_ecqx._keras import keras
+from tf_ecqx.ecq.assign import size_factor
+from tf_ecqx.quantization.configs import ECQxQuantizeConfig
+from tf_ecqx.quantization.loading_fixes import LOADING_OBJECTS
+from tf_ecqx.quantization.model_checks import ExcludeSpec, check_model, check_supported, excluded_layer_names
+from tf_ecqx.quantization.quantizers import ECQxWeightQuantizer
+from tf_ecqx.quantization.scheme import ECQxQuantizeRegistry, ECQxQuantizeScheme
+
+CUSTOM_OBJECTS = {
+    "ECQxWeightQuantizer": ECQxWeightQuantizer,
+    "ECQxQuantizeConfig": ECQxQuantizeConfig,
+}
+
+
+class QuantizedKernel(NamedTuple):
+    """One ECQx-quantized kernel of a QAT model: its wrapper, float shadow variable, quantizer and quantizer state."""
+
+    wrapper: QuantizeWrapper
+    kernel: tf.Variable
+    quantizer: ECQxWeightQuantizer
+    state: dict[str, tf.Variable]
+
+    @property
+    def layer_name(self) -> str:
+        return self.wrapper.layer.name
+
+    def codes(self) -> tf.Tensor:
+        """Integer codes of the kernel under the current assignment."""
+        return self.quantizer.codes(self.kernel, self.state)
+
+
+def quantize_scope(*custom_objects: dict[str, Any]) -> Any:
+    """Scope in which saved tf_ecqx/tfmot QAT models (`.keras`, `.h5`) load back: `with quantize_scope(): load_model(p)`.
+
+    Pass dicts `{name: class}` for your own custom layers/configs, as with tfmot.
+    """
+    tfmot_objects = tfmot_quantize.quantize_scope().custom_objects
+    return keras.utils.custom_object_scope(*tfmot_objects, LOADING_OBJECTS, CUSTOM_OBJECTS, *custom_objects)
+
+
+def quantize_annotate_layer(layer: keras.layers.Layer, quantize_config: Any = None) -> QuantizeAnnotate:
+    """Mark a layer for quantization, optionally with its own config (e.g. ECQxQuantizeConfig for a custom layer)."""
+    return tfmot_quantize.quantize_annotate_layer(layer, quantize_config)
+
+
+def quantized_kernels(qmodel: keras.Model) -> Iterator[QuantizedKernel]:
+    """Every ECQx-quantized kernel of a QAT model, in layer order."""
+    for layer in qmodel.layers:
+        if isinstance(layer, QuantizeWrapper):
+            for kernel, quantizer, state in layer._weight_vars:  # tfmot keeps them here; its own tools read it too
+                if isinstance(quantizer, ECQxWeightQuantizer):
+                    yield QuantizedKernel(layer, kernel, quantizer, state)
+
+
+def initialize_grids(qmodel: keras.Model) -> None:
+    """Fit every kernel's grid to its current (pretrained) values and set the layer-size factors d_l."""
+    kernels = list(quantized_kernels(qmodel))
+    largest = max((int(tf.size(k.kernel)) for k in kernels), default=1)
+    for k in kernels:
+        k.quantizer.initialize(k.kernel, k.state, size_factor(int(tf.size(k.kernel)), largest))
+
+
+def quantize_apply(
+    annotated: keras.Model, bits: int = 4, lambda_: float = 0.05, gradient: str = "reference"
+) -> keras.Model:
+    """Quantize the annotated layers of a model (a clone; the input model is unchanged) and fit the grids.
+
+    Annotated layers without an own config get ECQx (kernel layers) or tfmot's 8-bit config (others).
+    """
+    ECQxWeightQuantizer(bits, lambda_, gradient)  # validates the arguments before any cloning
+    with quantize_scope():
+        qmodel = tfmot_quantize.quantize_apply(
+            annotated, scheme=ECQxQuantizeScheme(bits=bits, lambda_=lambda_, gradient=gradient)
+        )
+    if not any(True for _ in quantized_kernels(qmodel)):
+        raise ValueError(
+            f"Model {annotated.name!r} has no kernel that ECQx quantizes (Dense, Conv1D, Conv2D, DepthwiseConv2D or "
+            "a layer annotated with ECQxQuantizeConfig); check `exclude`."
+        )
+    initialize_grids(qmodel)
+    return qmodel
+
+
+def quantize_model(
+    model: keras.Model,
+    bits: int = 4,
+    lambda_: float = 0.05,
+    exclude: ExcludeSpec | None = None,
+    gradient: str = "reference",
+) -> keras.Model:
+    """A QAT clone of `model` whose kernels are ECQ-quantized to `bits` bits during training.
+
+    lambda_ sets the entropy pressure (0 = nearest-level rounding; larger = sparser). `exclude` takes layer names or
+    classes to keep in float. gradient is "reference" (EC2T centroid-scaled) or "ste" (plain straight-through).
+    Activations get tfmot's 8-bit fake quantization so that a full-integer TFLite export is possible.
+    """
+    ECQxWeightQuantizer(bits, lambda_, gradient)
+    check_model(model)
+    excluded = excluded_layer_names(model, exclude)
+    registry = ECQxQuantizeRegistry()
+
+    def annotate(layer: keras.layers.Layer) -> keras.layers.Layer:
+        if isinstance(layer, (keras.layers.InputLayer, QuantizeAnnotate)) or layer.name in excluded:
+            return layer
+        return QuantizeAnnotate(layer)
+
+    for layer in model.layers:
+        if layer.name not in excluded:
+            check_supported(layer, registry.supports(layer))
+    with quantize_scope():
+        annotated = keras.models.clone_model(model, clone_function=annotate)
+    return quantize_apply(annotated, bits=bits, lambda_=lambda_, gradient=gradient)

@@ -1,0 +1,82 @@
+"""Checks on a model before quantization, each failing with an error that names the problem and the fix."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+from tensorflow_model_optimization.python.core.quantization.keras.quantize_annotate import QuantizeAnnotate
+from tensorflow_model_optimization.python.core.quantization.keras.quantize_wrapper import QuantizeWrapper
+
+from tf_ecqx._keras import keras
+
+ExcludeSpec = Iterable[str | type]
+
+
+def check_model(model: object) -> keras.Model:
+    """A built Sequential or functional tf_keras model that is not quantized yet and has finite weights."""
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            f"quantize_model expects a tf_keras Model, got {type(model).__name__}. Build the model with "
+            "`import tf_keras as keras` (a Keras 3 model must be rebuilt with tf_keras)."
+        )
+    if not isinstance(model, keras.Sequential) and not getattr(model, "_is_graph_network", False):
+        raise TypeError(
+            f"Model {model.name!r} ({type(model).__name__}) is a subclassed model; only Sequential and functional "
+            "models can be quantized because the layer graph must be cloned. Rebuild it with the functional API."
+        )
+    if not model.built:
+        raise ValueError(
+            f"Model {model.name!r} is not built, so its kernels do not exist yet and no grid can be fitted to them. "
+            "Call model.build(input_shape) or pass an `Input`, and load the pretrained weights first."
+        )
+    wrapped = [layer.name for layer in model.layers if isinstance(layer, QuantizeWrapper)]
+    if wrapped:
+        raise ValueError(
+            f"Model {model.name!r} is already quantized (quantize wrappers on {wrapped}). Quantize the float model "
+            "once; to continue training a quantized model, load it inside tf_ecqx.quantize_scope() and call fit."
+        )
+    for layer in model.layers:
+        for weight in layer.weights:
+            if not np.all(np.isfinite(weight.numpy())):
+                raise ValueError(
+                    f"Weight {weight.name!r} of layer {layer.name!r} contains NaN or inf values; the grid cannot be "
+                    "fitted to it. Retrain or reload the float model (a diverged training often causes this)."
+                )
+    return model
+
+
+def excluded_layer_names(model: keras.Model, exclude: ExcludeSpec | None) -> set[str]:
+    """Names of the layers matched by `exclude` (layer names or layer classes); unknown names are an error."""
+    if exclude is None:
+        return set()
+    if isinstance(exclude, (str, type)):
+        exclude = [exclude]
+    layer_names = {layer.name for layer in model.layers}
+    names: set[str] = set()
+    for item in exclude:
+        if isinstance(item, type):
+            names |= {layer.name for layer in model.layers if isinstance(layer, item)}
+        elif isinstance(item, str):
+            if item not in layer_names:
+                raise ValueError(
+                    f"exclude names {item!r}, which is not a layer of model {model.name!r}; its layers are "
+                    f"{sorted(layer_names)}."
+                )
+            names.add(item)
+        else:
+            raise TypeError(f"exclude entries must be layer names or layer classes, got {item!r}.")
+    return names
+
+
+def check_supported(layer: keras.layers.Layer, supported: bool) -> None:
+    """Fail on a layer no registry entry covers, saying how to exclude or annotate it."""
+    if isinstance(layer, (keras.layers.InputLayer, QuantizeAnnotate)) or supported:
+        return
+    raise ValueError(
+        f"Layer {layer.name!r} ({type(layer).__name__}) cannot be quantized by tf_ecqx: it is neither a Dense/Conv1D/"
+        "Conv2D/DepthwiseConv2D layer nor a layer tfmot's 8-bit scheme knows. Keep it in float with "
+        f"quantize_model(..., exclude=[{layer.name!r}]), or annotate it with "
+        "quantize_annotate_layer(layer, ECQxQuantizeConfig([...kernel attrs], [...activation attrs])) and call "
+        "quantize_apply inside tf_ecqx.quantize_scope()."
+    )

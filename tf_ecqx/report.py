@@ -1,0 +1,83 @@
+"""Per-layer statistics of a QAT model and the table `summary` prints."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from tf_ecqx._keras import keras
+from tf_ecqx.quantization.api import quantized_kernels
+
+
+@dataclass(frozen=True)
+class LayerStats:
+    """Statistics of one quantized kernel under the current assignment."""
+
+    name: str
+    bits: int
+    step: float
+    n_weights: int
+    sparsity: float  # fraction of zero codes
+    entropy: float  # bits per weight of the empirical code distribution
+    distinct_codes: int
+
+    @property
+    def entropy_bytes(self) -> float:
+        """Size of the kernel at its entropy bound, in bytes."""
+        return self.n_weights * self.entropy / 8
+
+    def as_dict(self) -> dict[str, float | int | str]:
+        return asdict(self)
+
+
+def code_entropy(codes: np.ndarray) -> float:
+    """Empirical entropy of integer codes in bits per element."""
+    _, counts = np.unique(codes, return_counts=True)
+    p = counts / counts.sum()
+    return float(-(p * np.log2(p)).sum())
+
+
+def layer_stats(qmodel: keras.Model) -> list[LayerStats]:
+    """One record per ECQx-quantized layer: bits, step, size, sparsity, entropy and number of distinct codes."""
+    records = []
+    for kernel in quantized_kernels(qmodel):
+        codes = kernel.codes().numpy()
+        records.append(
+            LayerStats(
+                name=kernel.layer_name,
+                bits=kernel.quantizer.bits,
+                step=float(kernel.state["step"].numpy()),
+                n_weights=int(codes.size),
+                sparsity=float(np.mean(codes == 0)),
+                entropy=code_entropy(codes),
+                distinct_codes=int(np.unique(codes).size),
+            )
+        )
+    return records
+
+
+def format_layer_table(stats: list[LayerStats]) -> str:
+    """A fixed-width table of layer statistics with a total row (size at the entropy bound vs float32)."""
+    header = f"{'layer':<24}{'bits':>5}{'weights':>10}{'sparsity':>10}{'entropy':>9}{'codes':>7}{'bytes@H':>10}"
+    rows = [header, "-" * len(header)]
+    for s in stats:
+        rows.append(
+            f"{s.name:<24}{s.bits:>5}{s.n_weights:>10}{s.sparsity:>10.1%}{s.entropy:>9.3f}"
+            f"{s.distinct_codes:>7}{s.entropy_bytes:>10.0f}"
+        )
+    total = sum(s.n_weights for s in stats)
+    if total:
+        zeros = sum(s.sparsity * s.n_weights for s in stats) / total
+        bound = sum(s.entropy_bytes for s in stats)
+        rows.append("-" * len(header))
+        rows.append(
+            f"{'total':<24}{'':>5}{total:>10}{zeros:>10.1%}{8 * bound / total:>9.3f}{'':>7}{bound:>10.0f}"
+            f"   ({4 * total / max(bound, 1):.0f}x smaller than float32 kernels)"
+        )
+    return "\n".join(rows)
+
+
+def summary(qmodel: keras.Model, print_fn=print) -> None:
+    """Print the per-layer table of a QAT model: bits, sparsity, entropy (bits/weight), distinct codes, bytes."""
+    print_fn(format_layer_table(layer_stats(qmodel)))

@@ -32,8 +32,7 @@ def run_demo(settings: DemoSettings = DemoSettings(), verbose: int = 2) -> dict[
 
     keras.utils.set_random_seed(settings.seed)
     qmodel = compile_for_classification(quantize_model(model, bits=settings.bits, lambda_=settings.lambda_))
-    print(f"ECQ {settings.bits}-bit, lambda={settings.lambda_}: before fine-tuning "
-          f"accuracy {qmodel.evaluate(test_ds, verbose=0)[1]:.4f}")
+    print(f"ECQ {settings.bits}-bit, lambda={settings.lambda_}: fine-tuning with model.fit")
     qmodel.fit(
         train.as_dataset(settings.batch_size, shuffle=True, seed=settings.seed),
         epochs=settings.finetune_epochs,

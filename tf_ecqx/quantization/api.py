@@ -39,6 +39,10 @@ class QuantizedKernel(NamedTuple):
         """Integer codes of the kernel under the current assignment."""
         return self.quantizer.codes(self.kernel, self.state)
 
+    def values(self) -> tf.Tensor:
+        """The quantized kernel, codes * step, exactly as the forward pass computes it (float32)."""
+        return tf.cast(self.codes(), tf.float32) * self.state["step"]
+
 
 def quantize_scope(*custom_objects: dict[str, Any]) -> Any:
     """Scope in which saved tf_ecqx/tfmot QAT models (`.keras`, `.h5`) load back: `with quantize_scope(): load_model(p)`.

@@ -86,7 +86,7 @@ def strip(qmodel: keras.Model) -> keras.Model:
             values.update({_short_name(w): w.numpy() for w, _, _ in layer._weight_vars})
             if layer.layer.name in quantized:
                 kernel = quantized[layer.layer.name]
-                values[_short_name(kernel.kernel)] = kernel.codes().numpy() * kernel.state["step"].numpy()
+                values[_short_name(kernel.kernel)] = kernel.values().numpy()
             target.set_weights([values[_short_name(w)] for w in target.weights])
         elif type(layer).__name__ != INPUT_QUANTIZER_CLASS and layer.weights:
             plain.get_layer(layer.name).set_weights(layer.get_weights())

@@ -1,0 +1,153 @@
+"""quantize_model / quantize_apply / strip / layer_stats on real Fashion-MNIST samples with model.fit."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import small_cnn
+
+import tf_ecqx
+from tf_ecqx._keras import keras
+from tf_ecqx.models import compile_for_classification
+from tf_ecqx.quantization.api import quantized_kernels
+
+
+def assert_on_grid(qmodel: keras.Model) -> None:
+    """Every quantized kernel holds integer multiples of its step, at most 2^b distinct values, codes within range."""
+    for kernel in quantized_kernels(qmodel):
+        step = float(kernel.state["step"].numpy())
+        codes = kernel.codes().numpy()
+        quantized = kernel.quantizer(kernel.kernel, False, kernel.state).numpy()
+        np.testing.assert_allclose(quantized / step, np.round(quantized / step), atol=1e-4)
+        np.testing.assert_array_equal(np.round(quantized / step).astype(int), codes)
+        assert np.unique(codes).size <= 2 ** kernel.quantizer.bits
+        assert kernel.state["k_min"].numpy() <= codes.min() and codes.max() <= kernel.state["k_max"].numpy()
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 8])
+def test_fit_on_fashion_mnist_keeps_kernels_on_the_grid(bits, fashion_small):
+    train, _ = fashion_small
+    qmodel = compile_for_classification(tf_ecqx.quantize_model(small_cnn(), bits=bits, lambda_=0.1))
+    before = [k.kernel.numpy().copy() for k in quantized_kernels(qmodel)]
+    history = qmodel.fit(train.x[:512], train.y[:512], batch_size=64, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    assert any(not np.array_equal(b, k.kernel.numpy()) for b, k in zip(before, quantized_kernels(qmodel)))
+    assert_on_grid(qmodel)
+    assert {s.bits for s in tf_ecqx.layer_stats(qmodel)} == {bits}
+
+
+def test_sparsity_rises_with_lambda_after_training(fashion_small):
+    train, _ = fashion_small
+    sparsities = []
+    for lam in (0.0, 0.2, 0.8):
+        keras.utils.set_random_seed(0)
+        qmodel = compile_for_classification(tf_ecqx.quantize_model(small_cnn(), bits=4, lambda_=lam))
+        qmodel.fit(train.x, train.y, batch_size=64, epochs=1, verbose=0)
+        assert_on_grid(qmodel)
+        stats = tf_ecqx.layer_stats(qmodel)
+        sparsities.append(sum(s.sparsity * s.n_weights for s in stats) / sum(s.n_weights for s in stats))
+    assert sparsities[0] < sparsities[1] < sparsities[2]
+
+
+@pytest.mark.parametrize("batch_norm,residual", [(True, False), (False, True), (True, True)])
+def test_batchnorm_residual_pooling_dropout_models_quantize_and_train(batch_norm, residual, fashion_small):
+    train, test = fashion_small
+    qmodel = compile_for_classification(tf_ecqx.quantize_model(small_cnn(batch_norm, residual), bits=4, lambda_=0.1))
+    qmodel.fit(train.x, train.y, batch_size=64, epochs=2, verbose=0)
+    assert_on_grid(qmodel)
+    assert qmodel.evaluate(test.x, test.y, verbose=0)[1] > 0.5  # it learns: chance is 0.1
+
+
+def test_forward_pass_uses_the_quantized_kernel(fashion_small):
+    train, _ = fashion_small
+    model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(10)])
+    qmodel = tf_ecqx.quantize_model(model, bits=3, lambda_=0.3)
+    plain = tf_ecqx.strip(qmodel)
+    x = train.x[:32]
+    qmodel(x, training=True)  # calibrates the activation ranges, which start empty
+    # the only difference left between the two is tfmot's 8-bit activation quantization (input and output)
+    np.testing.assert_allclose(qmodel(x, training=False), plain(x), atol=0.15)
+    kernel = next(quantized_kernels(qmodel))
+    np.testing.assert_array_equal(plain.layers[-1].kernel.numpy(), kernel.values().numpy())
+    np.testing.assert_array_equal(kernel.quantizer(kernel.kernel, False, kernel.state).numpy(), kernel.values().numpy())
+
+
+@pytest.mark.parametrize("rule", ["reference", "ste"])
+def test_straight_through_gradients(rule):
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4, use_bias=False)])
+    model.layers[0].kernel.assign(np.random.default_rng(1).normal(size=(6, 4)).astype(np.float32))
+    qmodel = tf_ecqx.quantize_model(model, bits=2, lambda_=0.5, gradient=rule)
+    kernel = next(quantized_kernels(qmodel))
+    with tf.GradientTape() as tape:
+        w_q = kernel.quantizer(kernel.kernel, True, kernel.state)
+        loss = tf.reduce_sum(w_q * tf.range(24, dtype=tf.float32)[:, None][: tf.size(w_q)].__array__().reshape(6, 4))
+    gradient = tape.gradient(loss, kernel.kernel).numpy()
+    upstream = np.arange(24, dtype=np.float32).reshape(6, 4)
+    expected = upstream if rule == "ste" else upstream * np.where(w_q.numpy() == 0, 1.0, np.abs(w_q.numpy()))
+    assert (w_q.numpy() == 0).any() and (w_q.numpy() != 0).any()
+    np.testing.assert_allclose(gradient, expected, rtol=1e-6)
+
+
+def test_strip_gives_a_plain_model_with_original_names_and_quantized_kernels(fashion_small):
+    train, _ = fashion_small
+    model = small_cnn(batch_norm=True, residual=True)
+    qmodel = compile_for_classification(tf_ecqx.quantize_model(model, bits=4, lambda_=0.1))
+    qmodel.fit(train.x[:512], train.y[:512], batch_size=64, epochs=1, verbose=0)
+    plain = tf_ecqx.strip(qmodel)
+    assert [layer.name for layer in plain.layers] == [layer.name for layer in model.layers]
+    assert all("quantiz" not in type(layer).__name__.lower() for layer in plain.layers)
+    for kernel in quantized_kernels(qmodel):
+        stripped = plain.get_layer(kernel.layer_name)
+        weight = stripped.depthwise_kernel if hasattr(stripped, "depthwise_kernel") else stripped.kernel
+        np.testing.assert_array_equal(weight.numpy(), kernel.values().numpy())
+    trained = {(layer.layer.name, w.name.split("/")[-1]): w.numpy() for layer in qmodel.layers
+               if hasattr(layer, "layer") for w in layer.layer.weights}
+    for layer in plain.layers:
+        for weight in layer.weights:
+            if "kernel" not in weight.name:  # biases and BatchNorm statistics are carried over unchanged
+                np.testing.assert_array_equal(weight.numpy(), trained[layer.name, weight.name.split("/")[-1]])
+
+
+def test_layer_stats_match_the_codes():
+    model = keras.Sequential([keras.Input((20,)), keras.layers.Dense(30), keras.layers.Dense(5)])
+    qmodel = tf_ecqx.quantize_model(model, bits=3, lambda_=0.2)
+    stats = tf_ecqx.layer_stats(qmodel)
+    assert [s.name for s in stats] == [layer.name for layer in model.layers]
+    for s, kernel in zip(stats, quantized_kernels(qmodel)):
+        codes = kernel.codes().numpy()
+        _, counts = np.unique(codes, return_counts=True)
+        p = counts / codes.size
+        assert s.n_weights == codes.size and s.sparsity == pytest.approx(np.mean(codes == 0))
+        assert s.entropy == pytest.approx(-(p * np.log2(p)).sum()) and s.distinct_codes == len(counts)
+    assert stats[0].n_weights == 600 and stats[1].n_weights == 150
+
+
+def test_exclude_keeps_layers_in_float_and_user_model_is_untouched():
+    model = small_cnn()
+    weights = [w.copy() for w in model.get_weights()]
+    qmodel = tf_ecqx.quantize_model(model, bits=4, exclude=[model.layers[-1].name, keras.layers.DepthwiseConv2D])
+    quantized_names = {k.layer_name for k in quantized_kernels(qmodel)}
+    assert model.layers[-1].name not in quantized_names
+    assert not any(isinstance(k.wrapper.layer, keras.layers.DepthwiseConv2D) for k in quantized_kernels(qmodel))
+    assert all(np.array_equal(a, b) for a, b in zip(weights, model.get_weights()))
+
+
+def test_custom_layer_annotated_with_an_ecqx_config(fashion_small):
+    class Scaled(keras.layers.Dense):
+        """A custom Dense subclass: not in any registry, so it needs an annotation."""
+
+    inputs = keras.Input((28, 28, 1))
+    x = keras.layers.Flatten()(inputs)
+    x = tf_ecqx.quantize_annotate_layer(Scaled(16, activation="relu"), tf_ecqx.ECQxQuantizeConfig(bits=3))(x)
+    outputs = keras.layers.Dense(10)(x)
+    model = keras.Model(inputs, outputs)
+    with tf_ecqx.quantize_scope({"Scaled": Scaled}):
+        qmodel = tf_ecqx.quantize_model(model, bits=4)
+    assert {s.name: s.bits for s in tf_ecqx.layer_stats(qmodel)} == {model.layers[2].layer.name: 3, model.layers[3].name: 4}
+
+
+def test_config_round_trips():
+    config = tf_ecqx.ECQxQuantizeConfig(["kernel"], ["activation"], False, bits=3, lambda_=0.2, gradient="ste")
+    assert tf_ecqx.ECQxQuantizeConfig.from_config(config.get_config()) == config
+    quantizer = tf_ecqx.ECQxWeightQuantizer(bits=5, lambda_=0.01)
+    assert tf_ecqx.ECQxWeightQuantizer.from_config(quantizer.get_config()) == quantizer
+    assert quantizer != tf_ecqx.ECQxWeightQuantizer(bits=5, lambda_=0.02)

@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from tf_ecqx._keras import keras
 from tf_ecqx.datasets import fashion_mnist
 from tf_ecqx.models import compile_for_classification, trained_float_model
+from tf_ecqx.ecq.grid import check_bits
 from tf_ecqx.quantization.api import quantize_model
+from tf_ecqx.quantization.quantizers import check_lambda
 from tf_ecqx.report import format_layer_table, layer_stats
 
 
@@ -19,6 +21,10 @@ class DemoSettings:
     finetune_epochs: int = 2
     batch_size: int = 64
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_bits(self.bits)
+        check_lambda(self.lambda_)
 
 
 def run_demo(settings: DemoSettings = DemoSettings(), verbose: int = 2) -> dict[str, float]:

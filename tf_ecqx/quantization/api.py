@@ -11,7 +11,7 @@ from tensorflow_model_optimization.python.core.quantization.keras.quantize_wrapp
 
 from tf_ecqx._keras import keras
 from tf_ecqx.ecq.assign import size_factor
-from tf_ecqx.quantization.configs import ECQxQuantizeConfig
+from tf_ecqx.quantization.configs import KERNEL_ATTRS, ECQxQuantizeConfig
 from tf_ecqx.quantization.loading_fixes import LOADING_OBJECTS
 from tf_ecqx.quantization.model_checks import ExcludeSpec, check_model, check_supported, excluded_layer_names
 from tf_ecqx.quantization.quantizers import ECQxWeightQuantizer
@@ -75,6 +75,13 @@ def initialize_grids(qmodel: keras.Model) -> None:
         k.quantizer.initialize(k.kernel, k.state, size_factor(int(tf.size(k.kernel)), largest))
 
 
+def _nothing_to_quantize(model: keras.Model) -> ValueError:
+    return ValueError(
+        f"Model {model.name!r} has no kernel that ECQx quantizes (Dense, Conv1D, Conv2D, DepthwiseConv2D or a layer "
+        "annotated with ECQxQuantizeConfig); check `exclude`."
+    )
+
+
 def quantize_apply(
     annotated: keras.Model, bits: int = 4, lambda_: float = 0.05, gradient: str = "reference"
 ) -> keras.Model:
@@ -88,10 +95,7 @@ def quantize_apply(
             annotated, scheme=ECQxQuantizeScheme(bits=bits, lambda_=lambda_, gradient=gradient)
         )
     if not any(True for _ in quantized_kernels(qmodel)):
-        raise ValueError(
-            f"Model {annotated.name!r} has no kernel that ECQx quantizes (Dense, Conv1D, Conv2D, DepthwiseConv2D or "
-            "a layer annotated with ECQxQuantizeConfig); check `exclude`."
-        )
+        raise _nothing_to_quantize(annotated)
     initialize_grids(qmodel)
     return qmodel
 
@@ -119,9 +123,11 @@ def quantize_model(
             return layer
         return QuantizeAnnotate(layer)
 
-    for layer in model.layers:
-        if layer.name not in excluded:
-            check_supported(layer, registry.supports(layer))
+    kept = [layer for layer in model.layers if layer.name not in excluded]
+    for layer in kept:
+        check_supported(layer, registry.supports(layer))
+    if not any(isinstance(layer, QuantizeAnnotate) or type(layer) in KERNEL_ATTRS for layer in kept):
+        raise _nothing_to_quantize(model)
     with quantize_scope():
         annotated = keras.models.clone_model(model, clone_function=annotate)
     return quantize_apply(annotated, bits=bits, lambda_=lambda_, gradient=gradient)

@@ -1,0 +1,83 @@
+"""Running a .tflite flatbuffer in the real runtimes: LiteRT (phones) and the TFLM interpreter (microcontrollers)."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import tempfile
+
+import numpy as np
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
+from tflite_micro import runtime as tflm
+
+
+def _scale_and_zero_point(details: dict) -> tuple[float, int]:
+    """From LiteRT's or TFLM's tensor details (they name the fields differently)."""
+    if "quantization" in details:
+        return details["quantization"]
+    parameters = details["quantization_parameters"]
+    return float(parameters["scales"][0]), int(parameters["zero_points"][0])
+
+
+def _quantize_input(x: np.ndarray, details: dict) -> np.ndarray:
+    if details["dtype"] == np.float32:
+        return x.astype(np.float32)
+    scale, zero_point = _scale_and_zero_point(details)
+    info = np.iinfo(details["dtype"])
+    return np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(details["dtype"])
+
+
+def _dequantize_output(y: np.ndarray, details: dict) -> np.ndarray:
+    if details["dtype"] == np.float32:
+        return y
+    scale, zero_point = _scale_and_zero_point(details)
+    return (y.astype(np.float32) - zero_point) * scale
+
+
+def run_litert(data: bytes, x: np.ndarray, builtin_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Raw and dequantized outputs of the model on x, one sample per invoke, with LiteRT's default settings.
+
+    builtin_only=True runs LiteRT's builtin kernels without the default XNNPACK delegate.
+    """
+    resolver = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES if builtin_only else OpResolverType.AUTO
+    interpreter = Interpreter(model_content=data, experimental_op_resolver_type=resolver)
+    interpreter.allocate_tensors()
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    raw = []
+    for sample in _quantize_input(x, inp):
+        interpreter.set_tensor(inp["index"], sample[None])
+        interpreter.invoke()
+        raw.append(interpreter.get_tensor(out["index"])[0])
+    raw = np.stack(raw)
+    return raw, _dequantize_output(raw, out)
+
+
+def run_tflm(data: bytes, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, int | None]:
+    """Raw and dequantized outputs in the TFLM interpreter, and the arena bytes it allocated (None if not reported)."""
+    interpreter = tflm.Interpreter.from_bytes(data)
+    details = interpreter.get_input_details(0)
+    raw = []
+    for sample in _quantize_input(x, details):
+        interpreter.set_input(sample[None], 0)
+        interpreter.invoke()
+        raw.append(np.array(interpreter.get_output(0))[0])
+    raw = np.stack(raw)
+    return raw, _dequantize_output(raw, interpreter.get_output_details(0)), _arena_bytes(interpreter)
+
+
+def _arena_bytes(interpreter: tflm.Interpreter) -> int | None:
+    """TFLM prints its arena use from C++ to stderr; read it from there."""
+    with tempfile.TemporaryFile(mode="w+b") as capture:
+        saved = os.dup(2)
+        try:
+            os.dup2(capture.fileno(), 2)
+            interpreter.print_allocations()
+            ctypes.CDLL(None).fflush(None)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        capture.seek(0)
+        report = capture.read().decode(errors="replace")
+    match = re.search(r"Arena allocation total (\d+) bytes", report)
+    return int(match.group(1)) if match else None

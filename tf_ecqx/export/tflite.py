@@ -1,0 +1,214 @@
+"""Integer TFLite export of a QAT model for phones (LiteRT, optionally sparse) and microcontrollers (TFLM + LUT).
+
+Every export checks itself: the int8 filters must hold exactly the ECQ codes (scale = step) or, where the converter
+folded a BatchNorm into the kernel, the same zero pattern with at most 2^b values per output channel; the file is run
+in the target runtime and compared with the Keras QAT model.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Literal
+
+import numpy as np
+import tensorflow as tf
+from tflite_micro import compression
+
+from tf_ecqx._keras import keras
+from tf_ecqx.export import flatbuffer
+from tf_ecqx.export.runtimes import run_litert, run_tflm
+from tf_ecqx.quantization.api import QuantizedKernel, quantized_kernels
+
+TARGETS = ("mobile", "micro")
+CALIBRATION_SAMPLES = 200
+VERIFICATION_SAMPLES = 500
+
+
+class ExportError(RuntimeError):
+    """The exported file would not hold what the QAT model trained, or would not run; nothing was written."""
+
+
+@dataclass(frozen=True)
+class KernelCheck:
+    """How one quantized kernel arrived in the file: 'exact' codes, or 'folded' (BatchNorm folded in by the converter)."""
+
+    layer: str
+    tensor: str
+    kind: Literal["exact", "folded"]
+    max_values_per_channel: int
+
+
+@dataclass
+class ExportResult:
+    """What to_tflite wrote and what it verified."""
+
+    path: Path
+    target: str
+    bytes: int
+    kernels: list[KernelCheck]
+    samples: int
+    argmax_agreement: float  # fraction of samples whose argmax equals the Keras QAT model's
+    max_abs_difference: float  # of dequantized outputs vs the Keras QAT model
+    notes: list[str] = field(default_factory=list)
+    arena_bytes: int | None = None  # micro only, as the TFLM interpreter reports it
+
+
+def _as_array(data: np.ndarray | tf.data.Dataset | Iterable, limit: int) -> np.ndarray:
+    """Up to `limit` input samples from an array, a (x, y) tuple, or a dataset of x or (x, y) batches."""
+    if isinstance(data, tuple):
+        data = data[0]
+    if isinstance(data, np.ndarray):
+        samples = data[:limit]
+    else:
+        batches, count = [], 0
+        for batch in data:
+            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            batches.append(np.asarray(x))
+            count += len(batches[-1])
+            if count >= limit:
+                break
+        samples = np.concatenate(batches)[:limit] if batches else np.zeros((0,))
+    if len(samples) == 0:
+        raise ValueError("representative_data is empty: pass at least one input sample (e.g. 100-500 training images).")
+    return np.asarray(samples, np.float32)
+
+
+def _convert(qmodel: keras.Model, calibration: np.ndarray, sparse: bool, float_io: bool) -> bytes:
+    converter = tf.lite.TFLiteConverter.from_keras_model(qmodel)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if sparse:
+        converter.optimizations.append(tf.lite.Optimize.EXPERIMENTAL_SPARSITY)
+    converter.representative_dataset = lambda: ([sample[None]] for sample in calibration)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    if not float_io:
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    return converter.convert()
+
+
+def _tflite_layout(codes: np.ndarray, layer: keras.layers.Layer) -> np.ndarray:
+    """Keras kernel layout -> TFLite filter layout (output channels first; depthwise channels last)."""
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        return codes.reshape(1, *codes.shape[:2], -1)
+    if isinstance(layer, keras.layers.Conv1D):
+        return np.transpose(codes, (2, 0, 1))[:, None]
+    if isinstance(layer, keras.layers.Conv2D):
+        return np.transpose(codes, (3, 0, 1, 2))
+    return codes.T
+
+
+def _check_kernel(kernel: QuantizedKernel, tensor: flatbuffer.WeightTensor) -> KernelCheck:
+    layer = kernel.wrapper.layer
+    expected = _tflite_layout(kernel.codes().numpy(), layer)
+    stored = tensor.values
+    channel_axis = 3 if isinstance(layer, keras.layers.DepthwiseConv2D) else 0
+    per_channel = np.moveaxis(stored, channel_axis, 0).reshape(stored.shape[channel_axis], -1)
+    most_values = max(np.unique(row).size for row in per_channel)
+    step = float(kernel.state["step"].numpy())
+    if np.array_equal(stored, expected) and np.allclose(tensor.scales, step, rtol=1e-5):
+        return KernelCheck(kernel.layer_name, tensor.name, "exact", most_values)
+    if np.array_equal(stored == 0, expected == 0) and most_values <= 2**kernel.quantizer.bits:
+        return KernelCheck(kernel.layer_name, tensor.name, "folded", most_values)
+    raise ExportError(
+        f"The int8 filter {tensor.name!r} of layer {kernel.layer_name!r} does not hold its ECQ codes (scale "
+        f"{tensor.scales[:3]} vs step {step:.6g}; {int(np.sum((stored == 0) != (expected == 0)))} zeros moved). "
+        "Was the model changed after training, or quantized with a tool other than tf_ecqx?"
+    )
+
+
+def check_kernels(qmodel: keras.Model, model: flatbuffer.schema.ModelT) -> list[KernelCheck]:
+    """Match every ECQx kernel of qmodel to its filter in the dense flatbuffer and check the stored codes."""
+    tensors = flatbuffer.weight_tensors(model)
+    checks = []
+    for kernel in quantized_kernels(qmodel):
+        matches = [t for t in tensors if f"/{kernel.wrapper.name}/" in t.name and t.values is not None]
+        if len(matches) != 1:
+            raise ExportError(f"Found {len(matches)} filters for layer {kernel.layer_name!r} in the converted model.")
+        checks.append(_check_kernel(kernel, matches[0]))
+    return checks
+
+
+def _compress_for_micro(data: bytes, qmodel: keras.Model, checks: list[KernelCheck]) -> bytes:
+    """TFLM look-up-table compression of each quantized filter, index width = its bit width."""
+    model = flatbuffer.load(data)
+    by_name = {t.name: t for t in flatbuffer.weight_tensors(model)}
+    specs = compression.SpecBuilder()
+    for kernel, check in zip(quantized_kernels(qmodel), checks):
+        mode = compression.spec.PerTensor() if check.kind == "exact" else compression.spec.PerChannel(
+            axis=3 if isinstance(kernel.wrapper.layer, keras.layers.DepthwiseConv2D) else 0
+        )
+        specs.add_tensor(0, by_name[check.tensor].index).with_lut(index_bitwidth=kernel.quantizer.bits, mode=mode)
+    return bytes(compression.compress(data, specs.build()))
+
+
+def _check_writable(path: Path) -> None:
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir() or not os.access(directory, os.W_OK):
+        raise PermissionError(f"Cannot write {path}: {directory} is not a writable directory. Choose another path.")
+
+
+def _agreement(reference: np.ndarray, outputs: np.ndarray) -> tuple[float, float]:
+    return float(np.mean(reference.argmax(-1) == outputs.argmax(-1))), float(np.max(np.abs(reference - outputs)))
+
+
+def to_tflite(
+    qmodel: keras.Model,
+    path: str | os.PathLike,
+    representative_data: np.ndarray | tf.data.Dataset | Iterable,
+    target: Literal["mobile", "micro"] = "mobile",
+    sparse: bool = True,
+    float_io: bool = False,
+    verification_data: np.ndarray | tf.data.Dataset | None = None,
+) -> ExportResult:
+    """Write an integer TFLite model of qmodel to `path`, verified in the target runtime.
+
+    mobile: full-integer int8 for LiteRT; `sparse` stores sparse filters (runs with LiteRT's default settings).
+    micro: dense int8 with TFLM look-up-table compression (index width = bits), verified in the TFLM interpreter.
+    Input/output are int8 unless float_io. Verification runs on `verification_data` (default: the representative
+    data), up to 500 samples.
+    """
+    if target not in TARGETS:
+        raise ValueError(f"target={target!r} is not known; use one of {TARGETS}.")
+    path = Path(path)
+    _check_writable(path)
+    if not any(True for _ in quantized_kernels(qmodel)):
+        raise ValueError("qmodel has no ECQx-quantized kernel: pass the model returned by tf_ecqx.quantize_model.")
+    calibration = _as_array(representative_data, CALIBRATION_SAMPLES)
+    samples = _as_array(verification_data if verification_data is not None else representative_data,
+                        VERIFICATION_SAMPLES)
+
+    dense = _convert(qmodel, calibration, sparse=False, float_io=float_io)
+    checks = check_kernels(qmodel, flatbuffer.load(dense))
+    notes: list[str] = []
+    arena = None
+    reference = qmodel.predict(samples, verbose=0, batch_size=256)
+    if target == "micro":
+        data = _compress_for_micro(dense, qmodel, checks)
+        compressed_raw, outputs, arena = run_tflm(data, samples)
+        dense_raw, _, _ = run_tflm(dense, samples)
+        if not np.array_equal(compressed_raw, dense_raw):
+            raise ExportError("The LUT-compressed model's TFLM outputs differ from the uncompressed model's.")
+        litert_raw, _ = run_litert(dense, samples, builtin_only=True)
+        lsb = np.abs(litert_raw.astype(np.int32) - dense_raw).max()
+        notes.append(f"TFLM: LUT-compressed outputs equal the uncompressed model's on {len(samples)} samples; "
+                     f"vs LiteRT builtin kernels {np.mean(litert_raw == dense_raw):.1%} of outputs equal, "
+                     f"max difference {lsb} LSB (the runtimes round requantization differently)")
+    else:
+        data = dense
+        if sparse:
+            sparse_model = flatbuffer.load(_convert(qmodel, calibration, sparse=True, float_io=float_io))
+            detached = flatbuffer.detach_densified_int8_weights(sparse_model)
+            data = flatbuffer.dump(sparse_model)
+            stored = [t.name for t in flatbuffer.weight_tensors(sparse_model) if t.sparse]
+            notes.append(f"sparse filters: {stored or 'none (the converter found no tensor sparse enough)'}")
+            if detached:
+                notes.append("int8 DENSIFY outputs fed through an identity RESHAPE so that LiteRT's default XNNPACK "
+                             "delegate runs the model (it fails to prepare int8 DENSIFY weights)")
+            if not np.array_equal(run_litert(data, samples, True)[0], run_litert(dense, samples, True)[0]):
+                raise ExportError("The sparse model's outputs differ from the dense model's.")
+        _, outputs = run_litert(data, samples)
+    agreement, difference = _agreement(reference, outputs)
+    path.write_bytes(data)
+    return ExportResult(path, target, len(data), checks, len(samples), agreement, difference, notes, arena)

@@ -43,7 +43,9 @@ def test_truncated_file_is_refused(tmp_path):
 def test_missing_data_names_every_way_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets, "DEBIAN_DIR", tmp_path / "absent")
     monkeypatch.delenv(datasets.ENV_DIR, raising=False)
-    with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist.*TF_ECQX_FASHION_MNIST_DIR.*tensorflow-datasets"):
+    with pytest.raises(
+        FileNotFoundError, match="dataset-fashion-mnist.*TF_ECQX_FASHION_MNIST_DIR.*tensorflow-datasets"
+    ):
         datasets.fashion_mnist(use_tfds=False)
     with pytest.raises(FileNotFoundError, match="lacks the Fashion-MNIST train files"):
         datasets.fashion_mnist(tmp_path)

@@ -66,7 +66,8 @@ def test_lambda_max_hand_computed():
 
 
 def test_ecq_codes_hand_computed():
-    # lambda = 0.5 -> layer lambda 0.25: w=-1: C0 = 1.25 > C(-1.0) = 0.75 -> -2; w=-0.6: C0 = 0.61 < C(-0.5) = 0.76 -> 0;
+    # lambda = 0.5 -> layer lambda 0.25: w=-1: C0 = 1.25 > C(-1.0) = 0.75 -> -2;
+    # w=-0.6: C0 = 0.61 < C(-0.5) = 0.76 -> 0;
     # w=0.3: C0 = 0.34 < C(0.5) = 0.79 -> 0.
     np.testing.assert_array_equal(assign.ecq_codes(HAND_W, HAND_GRID, 0.0), [-2, -1, 0, 0, 1, 2])
     np.testing.assert_array_equal(assign.ecq_codes(HAND_W, HAND_GRID, 0.5), [-2, 0, 0, 0, 0, 2])

@@ -19,7 +19,7 @@ def assert_on_grid(qmodel: keras.Model) -> None:
         quantized = kernel.quantizer(kernel.kernel, False, kernel.state).numpy()
         np.testing.assert_allclose(quantized / step, np.round(quantized / step), atol=1e-4)
         np.testing.assert_array_equal(np.round(quantized / step).astype(int), codes)
-        assert np.unique(codes).size <= 2 ** kernel.quantizer.bits
+        assert np.unique(codes).size <= 2**kernel.quantizer.bits
         assert kernel.state["k_min"].numpy() <= codes.min() and codes.max() <= kernel.state["k_max"].numpy()
 
 
@@ -99,8 +99,12 @@ def test_strip_gives_a_plain_model_with_original_names_and_quantized_kernels(fas
         stripped = plain.get_layer(kernel.layer_name)
         weight = stripped.depthwise_kernel if hasattr(stripped, "depthwise_kernel") else stripped.kernel
         np.testing.assert_array_equal(weight.numpy(), kernel.values().numpy())
-    trained = {(layer.layer.name, w.name.split("/")[-1]): w.numpy() for layer in qmodel.layers
-               if hasattr(layer, "layer") for w in layer.layer.weights}
+    trained = {
+        (layer.layer.name, w.name.split("/")[-1]): w.numpy()
+        for layer in qmodel.layers
+        if hasattr(layer, "layer")
+        for w in layer.layer.weights
+    }
     for layer in plain.layers:
         for weight in layer.weights:
             if "kernel" not in weight.name:  # biases and BatchNorm statistics are carried over unchanged
@@ -142,7 +146,10 @@ def test_custom_layer_annotated_with_an_ecqx_config(fashion_small):
     model = keras.Model(inputs, outputs)
     with tf_ecqx.quantize_scope({"Scaled": Scaled}):
         qmodel = tf_ecqx.quantize_model(model, bits=4)
-    assert {s.name: s.bits for s in tf_ecqx.layer_stats(qmodel)} == {model.layers[2].layer.name: 3, model.layers[3].name: 4}
+    assert {s.name: s.bits for s in tf_ecqx.layer_stats(qmodel)} == {
+        model.layers[2].layer.name: 3,
+        model.layers[3].name: 4,
+    }
 
 
 def test_config_round_trips():
@@ -151,3 +158,18 @@ def test_config_round_trips():
     quantizer = tf_ecqx.ECQxWeightQuantizer(bits=5, lambda_=0.01)
     assert tf_ecqx.ECQxWeightQuantizer.from_config(quantizer.get_config()) == quantizer
     assert quantizer != tf_ecqx.ECQxWeightQuantizer(bits=5, lambda_=0.02)
+
+
+def test_kernel_followed_by_a_relu_layer_is_still_quantized():
+    """tfmot's LayerReLUQuantize would leave such kernels in float; every Dense/Conv kernel must get ECQx."""
+    inputs = keras.Input((12, 12, 1))
+    x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    x = keras.layers.ReLU(name="relu")(x)
+    x = keras.layers.DepthwiseConv2D(3, name="depthwise")(x)
+    x = keras.layers.Activation("relu", name="act")(x)
+    x = keras.layers.Flatten()(x)
+    x = tf_ecqx.quantize_annotate_layer(keras.layers.Dense(8, name="dense"), tf_ecqx.ECQxQuantizeConfig(bits=3))(x)
+    outputs = keras.layers.ReLU()(x)
+    qmodel = tf_ecqx.quantize_model(keras.Model(inputs, outputs), bits=5)
+    assert {s.name: s.bits for s in tf_ecqx.layer_stats(qmodel)} == {"conv": 5, "depthwise": 5, "dense": 3}
+    assert all(k.wrapper.quantize_config.activation_attrs == [] for k in quantized_kernels(qmodel))

@@ -13,8 +13,9 @@ from tf_ecqx.quantization.api import quantized_kernels
 @pytest.mark.parametrize("suffix", [".keras", ".h5"])
 def test_saved_qat_model_loads_with_identical_codes_and_resumes_training(suffix, tmp_path, fashion_small):
     train, test = fashion_small
-    qmodel = compile_for_classification(tf_ecqx.quantize_model(small_cnn(batch_norm=True, residual=True), bits=3,
-                                                                lambda_=0.2))
+    qmodel = compile_for_classification(
+        tf_ecqx.quantize_model(small_cnn(batch_norm=True, residual=True), bits=3, lambda_=0.2)
+    )
     qmodel.fit(train.x[:1024], train.y[:1024], batch_size=64, epochs=1, verbose=0)
     path = tmp_path / f"qat{suffix}"
     qmodel.save(path)
@@ -26,8 +27,9 @@ def test_saved_qat_model_loads_with_identical_codes_and_resumes_training(suffix,
         np.testing.assert_array_equal(a.codes(), b.codes())
         for name in ("step", "k_min", "k_max", "size_factor"):
             assert float(a.state[name].numpy()) == float(b.state[name].numpy())
-    np.testing.assert_allclose(loaded.predict(test.x[:64], verbose=0), qmodel.predict(test.x[:64], verbose=0),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        loaded.predict(test.x[:64], verbose=0), qmodel.predict(test.x[:64], verbose=0), atol=1e-5
+    )
     before = [k.kernel.numpy().copy() for k in restored]
     history = loaded.fit(train.x[1024:1536], train.y[1024:1536], batch_size=64, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])

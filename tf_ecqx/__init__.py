@@ -1,8 +1,8 @@
 """tf_ecqx: explainability-driven entropy-constrained quantization (ECQ/ECQx) for tf_keras models.
 
-    qmodel = tf_ecqx.quantize_model(model, bits=4, lambda_=0.1)
-    qmodel.compile(...); qmodel.fit(...)
-    tf_ecqx.summary(qmodel)
+qmodel = tf_ecqx.quantize_model(model, bits=4, lambda_=0.1)
+qmodel.compile(...); qmodel.fit(...)
+tf_ecqx.summary(qmodel)
 """
 
 from tf_ecqx import datasets

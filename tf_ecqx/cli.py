@@ -9,7 +9,9 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tf-ecqx", description="Entropy-constrained low-bit quantization for Keras.")
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="train a float CNN on Fashion-MNIST, quantize it with ECQ, fine-tune, report")
+    demo = commands.add_parser(
+        "demo", help="train a float CNN on Fashion-MNIST, quantize it with ECQ, fine-tune, report"
+    )
     demo.add_argument("--bits", type=int, default=4, help="kernel bit width, 2..8 (default 4)")
     demo.add_argument("--lambda", dest="lambda_", type=float, default=0.2, help="entropy weight (default 0.2)")
     demo.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs (default 2)")

@@ -61,7 +61,9 @@ def load_idx_dir(directory: str | os.PathLike) -> tuple[Split, Split]:
     for split, (images_stem, labels_stem) in IDX_FILES.items():
         images, labels = _find(directory, images_stem), _find(directory, labels_stem)
         if images is None or labels is None:
-            raise FileNotFoundError(f"{directory} lacks the Fashion-MNIST {split} files {images_stem}[.gz], {labels_stem}[.gz].")
+            raise FileNotFoundError(
+                f"{directory} lacks the Fashion-MNIST {split} files {images_stem}[.gz], {labels_stem}[.gz]."
+            )
         x = _read_idx(images).astype(np.float32)[..., None] / 255.0
         y = _read_idx(labels).astype(np.int64)
         if len(x) != len(y):
@@ -96,7 +98,8 @@ def fashion_mnist(directory: str | os.PathLike | None = None, use_tfds: bool = T
         except Exception as error:  # tfds raises many kinds on a failed download
             tfds_error = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
     raise FileNotFoundError(
-        "Fashion-MNIST is not available. Either install the IDX files (Debian: `apt-get install dataset-fashion-mnist`, "
+        "Fashion-MNIST is not available. Either install the IDX files "
+        "(Debian: `apt-get install dataset-fashion-mnist`, "
         f"which puts them in {DEBIAN_DIR}; or set ${ENV_DIR} / pass directory= to a folder with "
         "train-images-idx3-ubyte.gz etc.), or let tensorflow-datasets download it "
         f"(tried: {tfds_error})."

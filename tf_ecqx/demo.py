@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 from tf_ecqx._keras import keras
 from tf_ecqx.datasets import fashion_mnist
-from tf_ecqx.models import compile_for_classification, trained_float_model
 from tf_ecqx.ecq.grid import check_bits
+from tf_ecqx.models import compile_for_classification, trained_float_model
 from tf_ecqx.quantization.api import quantize_model
 from tf_ecqx.quantization.quantizers import check_lambda
 from tf_ecqx.report import format_layer_table, layer_stats
@@ -46,8 +46,10 @@ def run_demo(settings: DemoSettings = DemoSettings(), verbose: int = 2) -> dict[
     )
     ecq_accuracy = qmodel.evaluate(test_ds, verbose=0)[1]
     stats = layer_stats(qmodel)
-    print(f"ECQ {settings.bits}-bit accuracy after {settings.finetune_epochs} epochs: {ecq_accuracy:.4f} "
-          f"(float {float_accuracy:.4f}, change {100 * (ecq_accuracy - float_accuracy):+.2f} pp)")
+    print(
+        f"ECQ {settings.bits}-bit accuracy after {settings.finetune_epochs} epochs: {ecq_accuracy:.4f} "
+        f"(float {float_accuracy:.4f}, change {100 * (ecq_accuracy - float_accuracy):+.2f} pp)"
+    )
     print(format_layer_table(stats))
     zeros = sum(s.sparsity * s.n_weights for s in stats) / sum(s.n_weights for s in stats)
     return {"float_accuracy": float_accuracy, "ecq_accuracy": ecq_accuracy, "sparsity": zeros}

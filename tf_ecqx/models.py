@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from tf_ecqx._keras import keras
 from tf_ecqx.datasets import Split
@@ -51,7 +51,7 @@ def compile_for_classification(model: keras.Model, learning_rate: float = 1e-3) 
 def trained_float_model(
     name: str, train: Split, epochs: int = 3, batch_size: int = 64, seed: int = 0, verbose: int = 2
 ) -> keras.Model:
-    """The float model `name` trained on `train`, loaded from the cache when it was trained before with these settings."""
+    """The float model `name` trained on `train`, from the cache when it was trained before with these settings."""
     path = CACHE_DIR / f"{name}_e{epochs}_b{batch_size}_s{seed}_n{len(train.x)}.keras"
     if path.exists():
         return compile_for_classification(keras.models.load_model(path, compile=False))

@@ -61,13 +61,15 @@ def main() -> None:
 
     train, test = fashion_mnist()
     print(f"machine: {os.cpu_count()} cores, TensorFlow {tf.__version__}, CPU only")
-    print(f"fine-tuning: Adam lr 1e-3, batch {args.batch_size}, {args.epochs} epoch(s) on 60k images, from the cached"
-          " float model; accuracy on the 10k test images")
+    print(
+        f"fine-tuning: Adam lr 1e-3, batch {args.batch_size}, {args.epochs} epoch(s) on 60k images, from the cached"
+        " float model; accuracy on the 10k test images"
+    )
     for name in args.models:
         model = trained_float_model(name, train, verbose=0)
         float_accuracy = model.evaluate(test.as_dataset(512), verbose=0)[1]
         print(f"\n## {name}: float accuracy {float_accuracy:.4f}")
-        print(f"| bits | lambda | accuracy | change (pp) | sparsity | entropy (bits/weight) |")
+        print("| bits | lambda | accuracy | change (pp) | sparsity | entropy (bits/weight) |")
         print("|---:|---:|---:|---:|---:|---:|")
         for bits in args.bits:
             for lam in args.lambdas:
@@ -76,8 +78,11 @@ def main() -> None:
                 qmodel.fit(train.as_dataset(args.batch_size, shuffle=True), epochs=args.epochs, verbose=0)
                 accuracy = qmodel.evaluate(test.as_dataset(512), verbose=0)[1]
                 sparsity, entropy = sparsity_and_entropy(qmodel)
-                print(f"| {bits} | {lam} | {accuracy:.4f} | {100 * (accuracy - float_accuracy):+.2f} | "
-                      f"{sparsity:.1%} | {entropy:.3f} |", flush=True)
+                print(
+                    f"| {bits} | {lam} | {accuracy:.4f} | {100 * (accuracy - float_accuracy):+.2f} | "
+                    f"{sparsity:.1%} | {entropy:.3f} |",
+                    flush=True,
+                )
 
         x, y = train.x[: args.batch_size], train.y[: args.batch_size]
         timed = {
@@ -86,10 +91,13 @@ def main() -> None:
         }
         times = step_seconds(timed, x, y, args.timing_steps, args.timing_repeats)
         ratios = [e / f for e, f in zip(times["ECQ 4-bit"], times["float"])]
-        print(f"\n{name} train step, batch {args.batch_size}, {args.timing_repeats} interleaved repeats of "
-              f"{args.timing_steps} steps: float median {1e3 * statistics.median(times['float']):.2f} ms, "
-              f"ECQ median {1e3 * statistics.median(times['ECQ 4-bit']):.2f} ms; ratio ECQ/float "
-              f"min {min(ratios):.2f} median {statistics.median(ratios):.2f} max {max(ratios):.2f}", flush=True)
+        print(
+            f"\n{name} train step, batch {args.batch_size}, {args.timing_repeats} interleaved repeats of "
+            f"{args.timing_steps} steps: float median {1e3 * statistics.median(times['float']):.2f} ms, "
+            f"ECQ median {1e3 * statistics.median(times['ECQ 4-bit']):.2f} ms; ratio ECQ/float "
+            f"min {min(ratios):.2f} median {statistics.median(ratios):.2f} max {max(ratios):.2f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -118,9 +118,7 @@ def assignment_costs(w: tf.Tensor, grid: Grid, info: tf.Tensor, lam: tf.Tensor) 
 
     chosen_penalty = tf.gather(penalty, nonzero_code - grid.k_min)
     chosen_level = tf.cast(nonzero_code, tf.float32) * grid.step
-    nonzero_cost = tf.where(
-        tf.equal(nonzero_code, 0), float("inf"), tf.square(w - chosen_level) + chosen_penalty
-    )
+    nonzero_cost = tf.where(tf.equal(nonzero_code, 0), float("inf"), tf.square(w - chosen_level) + chosen_penalty)
     zero_cost = tf.square(w) + tf.gather(penalty, -grid.k_min)
     return Assignment(zero_cost=zero_cost, nonzero_cost=nonzero_cost, nonzero_code=nonzero_code)
 
@@ -131,7 +129,9 @@ def choose_codes(assignment: Assignment, zero_cost: tf.Tensor | None = None) -> 
     return tf.where(zero <= assignment.nonzero_cost, tf.zeros_like(assignment.nonzero_code), assignment.nonzero_code)
 
 
-def ecq_codes(w: tf.Tensor, grid: Grid, lam: float | tf.Tensor, layer_size_factor: float | tf.Tensor = 1.0) -> tf.Tensor:
+def ecq_codes(
+    w: tf.Tensor, grid: Grid, lam: float | tf.Tensor, layer_size_factor: float | tf.Tensor = 1.0
+) -> tf.Tensor:
     """Entropy-constrained codes of kernel w: lam is the user's lambda (0 = nearest level, larger = sparser)."""
     w = tf.convert_to_tensor(w, tf.float32)
     return choose_codes(ecq_assignment(w, grid, lam, layer_size_factor))

@@ -10,7 +10,11 @@ import numpy as np
 from tensorflow.lite.python import schema_py_generated as schema
 
 WEIGHT_OPS = {"CONV_2D": 1, "DEPTHWISE_CONV_2D": 1, "FULLY_CONNECTED": 1}  # op name -> index of its filter input
-NUMPY_TYPES = {schema.TensorType.INT8: np.int8, schema.TensorType.INT32: np.int32, schema.TensorType.FLOAT32: np.float32}
+NUMPY_TYPES = {
+    schema.TensorType.INT8: np.int8,
+    schema.TensorType.INT32: np.int32,
+    schema.TensorType.FLOAT32: np.float32,
+}
 OP_NAMES = {value: name for name, value in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
 
 
@@ -56,7 +60,11 @@ def weight_tensors(model: schema.ModelT) -> list[WeightTensor]:
         tensor = graph.tensors[index]
         sparse = tensor.sparsity is not None
         data = model.buffers[tensor.buffer].data
-        values = None if sparse or data is None else np.frombuffer(bytes(data), NUMPY_TYPES[tensor.type]).reshape(tensor.shape)
+        values = (
+            None
+            if sparse or data is None
+            else np.frombuffer(bytes(data), NUMPY_TYPES[tensor.type]).reshape(tensor.shape)
+        )
         scales = np.asarray(tensor.quantization.scale if tensor.quantization else [], np.float32)
         found.append(WeightTensor(name, index, tensor.name.decode(), values, scales, sparse))
     return found
@@ -109,6 +117,11 @@ def _constant_tensor(model: schema.ModelT, value: np.ndarray, name: bytes) -> in
     buffer.data = value.tobytes()
     model.buffers.append(buffer)
     tensor = schema.TensorT()
-    tensor.shape, tensor.type, tensor.buffer, tensor.name = [value.size], schema.TensorType.INT32, len(model.buffers) - 1, name
+    tensor.shape, tensor.type, tensor.buffer, tensor.name = (
+        [value.size],
+        schema.TensorType.INT32,
+        len(model.buffers) - 1,
+        name,
+    )
     model.subgraphs[0].tensors.append(tensor)
     return len(model.subgraphs[0].tensors) - 1

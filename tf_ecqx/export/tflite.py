@@ -8,9 +8,10 @@ in the target runtime and compared with the Keras QAT model.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Literal
+from typing import Literal
 
 import numpy as np
 import tensorflow as tf
@@ -32,7 +33,7 @@ class ExportError(RuntimeError):
 
 @dataclass(frozen=True)
 class KernelCheck:
-    """How one quantized kernel arrived in the file: 'exact' codes, or 'folded' (BatchNorm folded in by the converter)."""
+    """How a quantized kernel arrived in the file: 'exact' codes, or 'folded' (the converter folded a BatchNorm in)."""
 
     layer: str
     tensor: str
@@ -136,8 +137,12 @@ def _compress_for_micro(data: bytes, qmodel: keras.Model, checks: list[KernelChe
     by_name = {t.name: t for t in flatbuffer.weight_tensors(model)}
     specs = compression.SpecBuilder()
     for kernel, check in zip(quantized_kernels(qmodel), checks):
-        mode = compression.spec.PerTensor() if check.kind == "exact" else compression.spec.PerChannel(
-            axis=3 if isinstance(kernel.wrapper.layer, keras.layers.DepthwiseConv2D) else 0
+        mode = (
+            compression.spec.PerTensor()
+            if check.kind == "exact"
+            else compression.spec.PerChannel(
+                axis=3 if isinstance(kernel.wrapper.layer, keras.layers.DepthwiseConv2D) else 0
+            )
         )
         specs.add_tensor(0, by_name[check.tensor].index).with_lut(index_bitwidth=kernel.quantizer.bits, mode=mode)
     return bytes(compression.compress(data, specs.build()))
@@ -176,8 +181,9 @@ def to_tflite(
     if not any(True for _ in quantized_kernels(qmodel)):
         raise ValueError("qmodel has no ECQx-quantized kernel: pass the model returned by tf_ecqx.quantize_model.")
     calibration = _as_array(representative_data, CALIBRATION_SAMPLES)
-    samples = _as_array(verification_data if verification_data is not None else representative_data,
-                        VERIFICATION_SAMPLES)
+    samples = _as_array(
+        verification_data if verification_data is not None else representative_data, VERIFICATION_SAMPLES
+    )
 
     dense = _convert(qmodel, calibration, sparse=False, float_io=float_io)
     checks = check_kernels(qmodel, flatbuffer.load(dense))
@@ -192,9 +198,11 @@ def to_tflite(
             raise ExportError("The LUT-compressed model's TFLM outputs differ from the uncompressed model's.")
         litert_raw, _ = run_litert(dense, samples, builtin_only=True)
         lsb = np.abs(litert_raw.astype(np.int32) - dense_raw).max()
-        notes.append(f"TFLM: LUT-compressed outputs equal the uncompressed model's on {len(samples)} samples; "
-                     f"vs LiteRT builtin kernels {np.mean(litert_raw == dense_raw):.1%} of outputs equal, "
-                     f"max difference {lsb} LSB (the runtimes round requantization differently)")
+        notes.append(
+            f"TFLM: LUT-compressed outputs equal the uncompressed model's on {len(samples)} samples; "
+            f"vs LiteRT builtin kernels {np.mean(litert_raw == dense_raw):.1%} of outputs equal, "
+            f"max difference {lsb} LSB (the runtimes round requantization differently)"
+        )
     else:
         data = dense
         if sparse:
@@ -204,8 +212,10 @@ def to_tflite(
             stored = [t.name for t in flatbuffer.weight_tensors(sparse_model) if t.sparse]
             notes.append(f"sparse filters: {stored or 'none (the converter found no tensor sparse enough)'}")
             if detached:
-                notes.append("int8 DENSIFY outputs fed through an identity RESHAPE so that LiteRT's default XNNPACK "
-                             "delegate runs the model (it fails to prepare int8 DENSIFY weights)")
+                notes.append(
+                    "int8 DENSIFY outputs fed through an identity RESHAPE so that LiteRT's default XNNPACK "
+                    "delegate runs the model (it fails to prepare int8 DENSIFY weights)"
+                )
             if not np.array_equal(run_litert(data, samples, True)[0], run_litert(dense, samples, True)[0]):
                 raise ExportError("The sparse model's outputs differ from the dense model's.")
         _, outputs = run_litert(data, samples)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import Any, NamedTuple
 
 import tensorflow as tf
 from tensorflow_model_optimization.python.core.quantization.keras import quantize as tfmot_quantize
@@ -45,7 +46,7 @@ class QuantizedKernel(NamedTuple):
 
 
 def quantize_scope(*custom_objects: dict[str, Any]) -> Any:
-    """Scope in which saved tf_ecqx/tfmot QAT models (`.keras`, `.h5`) load back: `with quantize_scope(): load_model(p)`.
+    """Scope in which saved QAT models (`.keras`, `.h5`) load back: `with quantize_scope(): load_model(path)`.
 
     Pass dicts `{name: class}` for your own custom layers/configs, as with tfmot.
     """

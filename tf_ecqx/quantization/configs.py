@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from tensorflow_model_optimization.python.core.quantization.keras.default_8bit.default_8bit_quantize_registry import (
     Default8BitQuantizeConfig,
@@ -39,9 +40,13 @@ class ECQxQuantizeConfig(Default8BitQuantizeConfig):
         self.weight_quantizer = ECQxWeightQuantizer(bits=bits, lambda_=lambda_, gradient=gradient)
 
     @classmethod
-    def for_layer(cls, layer: keras.layers.Layer, **quantizer_kwargs: Any) -> "ECQxQuantizeConfig":
+    def for_layer(cls, layer: keras.layers.Layer, **quantizer_kwargs: Any) -> ECQxQuantizeConfig:
         """The config for a built-in layer kind listed in KERNEL_ATTRS."""
         return cls([KERNEL_ATTRS[type(layer)]], ["activation"], False, **quantizer_kwargs)
+
+    def without_activation_quantization(self) -> ECQxQuantizeConfig:
+        """The same kernel quantization, with no fake quantization of the layer's activation or output."""
+        return ECQxQuantizeConfig(self.weight_attrs, [], False, **self.weight_quantizer.get_config())
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), **self.weight_quantizer.get_config()}

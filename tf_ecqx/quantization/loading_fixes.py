@@ -3,7 +3,8 @@
 When a `.keras` file is loaded, Keras first builds each layer from its stored build config and then calls it; tfmot's
 layers do not mark themselves built, so they build twice and expect more variables than were saved. And a wrapper
 records its own variables in a different order when its inner layer was already built (as in `quantize_apply`) than
-when it was not (as in loading). The subclasses below build once, and always with the inner layer built first. They keep tfmot's class names because the `.keras` format stores weights under paths made from the
+when it was not (as in loading). The subclasses below build once, and always with the inner layer built first.
+They keep tfmot's class names because the `.keras` format stores weights under paths made from the
 class name; `quantize_scope` maps those names to them, so files written by tfmot or tf_ecqx both load.
 """
 

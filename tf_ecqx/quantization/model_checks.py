@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 from tensorflow_model_optimization.python.core.quantization.keras.quantize_annotate import QuantizeAnnotate

@@ -114,7 +114,7 @@ class ECQxWeightQuantizer(tfmot_quantizers.Quantizer):
         return {"bits": self.bits, "lambda_": self.lambda_, "gradient": self.gradient}
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "ECQxWeightQuantizer":
+    def from_config(cls, config: dict[str, Any]) -> ECQxWeightQuantizer:
         return cls(**config)
 
     def __eq__(self, other: object) -> bool:

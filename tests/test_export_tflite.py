@@ -1,0 +1,94 @@
+"""Integer TFLite export, run in LiteRT and TFLM, on real Fashion-MNIST: codes, agreement, sparse and LUT files."""
+
+import numpy as np
+import pytest
+from conftest import small_cnn
+
+import tf_ecqx
+from tf_ecqx.export import ExportError, flatbuffer, to_tflite
+from tf_ecqx.export.runtimes import run_litert, run_tflm
+from tf_ecqx.models import compile_for_classification, demo_cnn
+
+
+@pytest.fixture(scope="module")
+def trained_models(fashion):
+    """A demo-kind CNN and a BatchNorm/residual CNN, float-trained briefly, then ECQ fine-tuned on real images."""
+    train, _ = fashion
+    models = {}
+    for name, build in {"demo": demo_cnn, "bn_residual": lambda: small_cnn(batch_norm=True, residual=True)}.items():
+        model = compile_for_classification(build())
+        model.fit(train.x[:8192], train.y[:8192], batch_size=64, epochs=1, verbose=0)
+        qmodel = compile_for_classification(tf_ecqx.quantize_model(model, bits=4, lambda_=0.2))
+        qmodel.fit(train.x[8192:16384], train.y[8192:16384], batch_size=64, epochs=1, verbose=0)
+        models[name] = qmodel
+    return models
+
+
+@pytest.mark.parametrize("name", ["demo", "bn_residual"])
+@pytest.mark.parametrize("target,sparse", [("mobile", True), ("micro", False)])
+def test_export_runs_in_the_target_runtime_and_agrees_with_keras(
+    name, target, sparse, trained_models, fashion, tmp_path
+):
+    train, test = fashion
+    qmodel = trained_models[name]
+    result = to_tflite(
+        qmodel, tmp_path / "m.tflite", train.x[:200], target=target, sparse=sparse, verification_data=test.x[:500]
+    )
+    assert result.path.read_bytes()[4:8] == b"TFL3" and result.bytes == result.path.stat().st_size
+    assert result.samples == 500 and result.argmax_agreement >= 0.99
+    assert {c.layer for c in result.kernels} == {s.name for s in tf_ecqx.layer_stats(qmodel)}
+    assert all(c.max_values_per_channel <= 16 for c in result.kernels)
+    if name == "demo":
+        assert all(c.kind == "exact" for c in result.kernels)  # no BatchNorm to fold: the int8 values are the codes
+    if target == "micro":
+        assert result.arena_bytes and result.arena_bytes > 0
+        assert any("LUT-compressed outputs equal" in note for note in result.notes)
+    # the file on disk runs in its runtime (LiteRT with default settings, or TFLM) and matches the reported agreement
+    run = run_litert if target == "mobile" else lambda data, x: run_tflm(data, x)[:2]
+    _, outputs = run(result.path.read_bytes(), test.x[:500])
+    keras_outputs = qmodel.predict(test.x[:500], verbose=0)
+    assert np.mean(outputs.argmax(1) == keras_outputs.argmax(1)) >= 0.99
+
+
+def test_sparse_file_is_smaller_and_computes_the_same(trained_models, fashion, tmp_path):
+    train, test = fashion
+    qmodel = trained_models["demo"]
+    dense = to_tflite(qmodel, tmp_path / "dense.tflite", train.x[:100], sparse=False, verification_data=test.x[:100])
+    sparse = to_tflite(qmodel, tmp_path / "sparse.tflite", train.x[:100], sparse=True, verification_data=test.x[:100])
+    assert sparse.bytes < 0.8 * dense.bytes
+    model = flatbuffer.load(sparse.path.read_bytes())
+    assert any(t.sparse for t in flatbuffer.weight_tensors(model))
+    dense_raw, _ = run_litert(dense.path.read_bytes(), test.x[:100], builtin_only=True)
+    sparse_raw, _ = run_litert(sparse.path.read_bytes(), test.x[:100], builtin_only=True)
+    np.testing.assert_array_equal(dense_raw, sparse_raw)
+
+
+def test_exported_filters_hold_the_codes(trained_models, fashion, tmp_path):
+    qmodel = trained_models["demo"]
+    result = to_tflite(qmodel, tmp_path / "m.tflite", fashion[0].x[:50], sparse=False)
+    tensors = {t.name: t for t in flatbuffer.weight_tensors(flatbuffer.load(result.path.read_bytes()))}
+    fc1 = next(k for k in tf_ecqx.quantization.api.quantized_kernels(qmodel) if k.layer_name == "fc1")
+    stored = tensors[next(c.tensor for c in result.kernels if c.layer == "fc1")]
+    np.testing.assert_array_equal(stored.values, fc1.codes().numpy().T)
+    np.testing.assert_allclose(stored.scales, fc1.state["step"].numpy(), rtol=1e-6)
+
+
+def test_a_changed_kernel_is_caught(trained_models, fashion, tmp_path):
+    qmodel = trained_models["demo"]
+    kernel = next(tf_ecqx.quantization.api.quantized_kernels(qmodel))
+    tensor = flatbuffer.WeightTensor(
+        "CONV_2D", 0, "x", np.zeros((16, 3, 3, 1), np.int8) + 1, np.ones(1, np.float32), False
+    )
+    with pytest.raises(ExportError, match="does not hold its ECQ codes"):
+        tf_ecqx.export.tflite._check_kernel(kernel, tensor)
+
+
+def test_bad_export_arguments(trained_models, tmp_path):
+    qmodel = trained_models["demo"]
+    with pytest.raises(ValueError, match="representative_data is empty"):
+        to_tflite(qmodel, tmp_path / "m.tflite", np.zeros((0, 28, 28, 1), np.float32))
+    with pytest.raises(PermissionError, match="not a writable directory"):
+        to_tflite(qmodel, tmp_path / "missing" / "m.tflite", np.zeros((4, 28, 28, 1), np.float32))
+    with pytest.raises(ValueError, match="target='gpu' is not known"):
+        to_tflite(qmodel, tmp_path / "m.tflite", np.zeros((4, 28, 28, 1), np.float32), target="gpu")
+    assert not (tmp_path / "m.tflite").exists()

@@ -1,0 +1,294 @@
+"""The entropy-coded bitstream: bit-exact round trips, size near the entropy bound, refusal of bad files and of
+mismatching models, and loading into QAT and plain models."""
+
+import warnings
+
+import numpy as np
+import pytest
+from conftest import small_cnn
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import tf_ecqx
+from tf_ecqx._keras import keras
+from tf_ecqx.export import BitstreamError, DecodedLayer, decode, encode, encode_layers, load_into, save
+from tf_ecqx.export.bitstream import _code_model, _compress
+from tf_ecqx.models import compile_for_classification
+from tf_ecqx.quantization.api import quantized_kernels
+from tf_ecqx.report import code_entropy
+
+LAMBDA = 0.2
+ANS_OVERHEAD_BYTES = 8  # at most two 32-bit words of ANS state per layer
+
+
+@pytest.fixture(scope="module")
+def trained(fashion_small):
+    """A float small_cnn and its 4-bit QAT model, fine-tuned for one short epoch on real Fashion-MNIST."""
+    train, _ = fashion_small
+    keras.utils.set_random_seed(0)
+    float_model = small_cnn(residual=True)
+    qmodel = compile_for_classification(tf_ecqx.quantize_model(float_model, bits=4, lambda_=LAMBDA))
+    qmodel.fit(train.x, train.y, batch_size=64, epochs=1, verbose=0)
+    return float_model, qmodel
+
+
+@pytest.fixture(scope="module")
+def saved(trained, tmp_path_factory):
+    path = tmp_path_factory.mktemp("bitstream") / "model.ecqx"
+    save(trained[1], path)
+    return path
+
+
+def payload_bytes(codes: np.ndarray) -> int:
+    return len(_compress(codes, *_code_model(codes)))
+
+
+def entropy_bytes(codes: np.ndarray) -> float:
+    return codes.size * code_entropy(codes) / 8
+
+
+def bits_of(values: np.ndarray) -> np.ndarray:
+    return np.asarray(values, np.float32).view(np.uint32)
+
+
+def synthetic_layer(name: str, codes: np.ndarray, bits: int = 4, step: float = 0.01) -> DecodedLayer:
+    half = 2 ** (bits - 1)
+    return DecodedLayer(name, bits, np.float32(step), max(-half, -127), half - 1, codes.astype(np.int32))
+
+
+def all_weights(model: keras.Model) -> list[np.ndarray]:
+    return [w.numpy().copy() for w in model.weights]
+
+
+# --- round trips and size on a trained model ---
+
+
+def test_round_trip_is_bit_exact(trained, saved):
+    kernels = list(quantized_kernels(trained[1]))
+    layers = decode(saved.read_bytes())
+    assert [layer.name for layer in layers] == [k.layer_name for k in kernels]
+    for layer, kernel in zip(layers, kernels, strict=True):
+        assert layer.shape == tuple(kernel.kernel.shape)
+        assert layer.bits == kernel.quantizer.bits == 4
+        assert bits_of(layer.step) == bits_of(kernel.state["step"].numpy())
+        np.testing.assert_array_equal(layer.codes, kernel.codes().numpy())
+        np.testing.assert_array_equal(bits_of(layer.values), bits_of(kernel.values().numpy()))
+
+
+def test_payload_within_one_percent_of_entropy_and_small_header(trained):
+    codes = [k.codes().numpy() for k in quantized_kernels(trained[1])]
+    data = encode(trained[1])
+    payload = sum(payload_bytes(c) for c in codes)
+    bound = sum(entropy_bytes(c) for c in codes)
+    assert len(codes) == 5  # every Dense/Conv kernel of small_cnn(residual=True)
+    assert payload <= 1.01 * bound
+    assert len(data) - payload < 1024
+
+
+# --- property tests on synthetic layers ---
+
+names = st.text(min_size=1, max_size=24)
+shapes = hnp.array_shapes(min_dims=1, max_dims=4, min_side=1, max_side=9)
+
+
+@st.composite
+def layers(draw) -> DecodedLayer:
+    bits = draw(st.integers(2, 8))
+    half = 2 ** (bits - 1)
+    k_min, k_max = draw(st.sampled_from([(-half, half - 1), (-half + 1, half), (0, min(2 * half - 1, 127))]))
+    k_min, k_max = max(k_min, -127), min(k_max, 127)
+    codes = draw(hnp.arrays(np.int32, shapes, elements=st.integers(k_min, k_max)))
+    step = draw(st.floats(2.0**-20, 16.0, width=32))
+    return DecodedLayer(draw(names), bits, np.float32(step), k_min, k_max, codes)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(layers(), max_size=4, unique_by=lambda layer: layer.name))
+def test_decode_inverts_encode_layers(originals):
+    decoded = decode(encode_layers(originals))
+    assert len(decoded) == len(originals)
+    for a, b in zip(originals, decoded, strict=True):
+        assert (b.name, b.shape, b.bits, b.k_min, b.k_max) == (a.name, a.shape, a.bits, a.k_min, a.k_max)
+        assert bits_of(b.step) == bits_of(a.step)
+        np.testing.assert_array_equal(b.codes, a.codes)
+        np.testing.assert_array_equal(bits_of(b.values), bits_of(a.values))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(1, 20_000),
+    levels=st.integers(1, 16),
+    concentration=st.sampled_from([0.05, 0.3, 1.0, 5.0]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_payload_stays_near_the_entropy_bound(n, levels, concentration, seed):
+    rng = np.random.default_rng(seed)
+    codes = rng.choice(levels, size=n, p=rng.dirichlet(np.full(levels, concentration))) - levels // 2
+    assert payload_bytes(codes) <= 1.01 * entropy_bytes(codes) + ANS_OVERHEAD_BYTES
+    layer = synthetic_layer("dense", codes, bits=4)
+    np.testing.assert_array_equal(decode(encode_layers([layer]))[0].codes, codes)
+
+
+def test_a_single_code_costs_no_payload():
+    assert payload_bytes(np.zeros((64, 32), np.int32)) == 0
+
+
+def test_encode_layers_refuses_codes_outside_the_grid_and_duplicate_names():
+    with pytest.raises(ValueError, match="grid"):
+        encode_layers([synthetic_layer("a", np.array([9]), bits=4)])
+    with pytest.raises(ValueError, match="unique"):
+        encode_layers([synthetic_layer("a", np.zeros(3)), synthetic_layer("a", np.zeros(3))])
+
+
+# --- bad files ---
+
+
+@pytest.fixture(scope="module")
+def good_bytes() -> bytes:
+    rng = np.random.default_rng(1)
+    return encode_layers([synthetic_layer(f"layer{i}", rng.integers(-3, 4, size=(40, 8))) for i in range(3)])
+
+
+def test_bitstream_error_is_a_value_error():
+    assert issubclass(BitstreamError, ValueError)
+
+
+def test_corrupt_file_is_refused(good_bytes):
+    damaged = bytearray(good_bytes)
+    damaged[len(damaged) // 2] ^= 0x10
+    with pytest.raises(BitstreamError, match="corrupt: CRC32 mismatch.*save"):
+        decode(bytes(damaged))
+
+
+@pytest.mark.parametrize("end", [0, 3, 10, 200, -1])
+def test_truncated_file_is_refused(good_bytes, end):
+    with pytest.raises(BitstreamError, match="truncated"):
+        decode(good_bytes[:end])
+
+
+def test_appended_bytes_are_refused(good_bytes):
+    with pytest.raises(BitstreamError, match="extra bytes"):
+        decode(good_bytes + b"\0")
+
+
+@pytest.mark.parametrize("data", [b"PK\x03\x04" + bytes(40), b"\x89HDF\r\n\x1a\n", b"hello world"])
+def test_foreign_file_is_refused(data):
+    with pytest.raises(BitstreamError, match="Not an ECQx bitstream.*tf_ecqx.export.save"):
+        decode(data)
+
+
+def test_other_format_version_is_refused(good_bytes):
+    other = good_bytes[:4] + bytes([2]) + good_bytes[5:]
+    with pytest.raises(BitstreamError, match="version 2 cannot be read.*reads version 1"):
+        decode(other)
+
+
+def test_load_into_refuses_a_corrupt_file_and_changes_nothing(trained, saved, tmp_path):
+    plain = tf_ecqx.strip(trained[1])
+    before = all_weights(plain)
+    damaged = bytearray(saved.read_bytes())
+    damaged[-10] ^= 0xFF
+    (tmp_path / "bad.ecqx").write_bytes(bytes(damaged))
+    with pytest.raises(BitstreamError, match="corrupt"):
+        load_into(plain, tmp_path / "bad.ecqx")
+    for a, b in zip(before, all_weights(plain), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+# --- loading into models ---
+
+
+def test_load_into_fresh_qat_model_reproduces_codes(trained, saved):
+    fresh = tf_ecqx.quantize_model(keras.models.clone_model(trained[0]), bits=4, lambda_=LAMBDA)
+    factors = {k.layer_name: float(k.state["size_factor"].numpy()) for k in quantized_kernels(fresh)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a layer may need nearest-level rounding; tested below
+        load_into(fresh, saved)
+    for layer, kernel in zip(decode(saved.read_bytes()), quantized_kernels(fresh), strict=True):
+        np.testing.assert_array_equal(kernel.codes().numpy(), layer.codes)
+        np.testing.assert_array_equal(bits_of(kernel.values().numpy()), bits_of(layer.values))
+        np.testing.assert_array_equal(bits_of(kernel.kernel.numpy()), bits_of(layer.values))
+        assert (kernel.state["k_min"].numpy(), kernel.state["k_max"].numpy()) == (layer.k_min, layer.k_max)
+        assert float(kernel.state["size_factor"].numpy()) in (factors[layer.name], 0.0)
+
+
+def dense_qat_model() -> keras.Model:
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(32, name="fc")])
+    return tf_ecqx.quantize_model(model, bits=4, lambda_=LAMBDA)
+
+
+def load_codes(qmodel: keras.Model, codes: np.ndarray, tmp_path) -> None:
+    (tmp_path / "fc.ecqx").write_bytes(encode_layers([synthetic_layer("fc", codes.reshape(64, 32))]))
+    load_into(qmodel, tmp_path / "fc.ecqx")
+
+
+def test_load_into_qat_keeps_the_size_factor_when_ecq_keeps_the_codes(tmp_path):
+    qmodel = dense_qat_model()
+    codes = np.random.default_rng(2).choice([-2, 0, 2], size=64 * 32, p=[0.25, 0.5, 0.25])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_codes(qmodel, codes, tmp_path)
+    kernel = next(quantized_kernels(qmodel))
+    assert float(kernel.state["size_factor"].numpy()) == 1.0
+    np.testing.assert_array_equal(kernel.codes().numpy().reshape(-1), codes)
+
+
+def test_load_into_qat_rounds_to_nearest_where_ecq_would_reassign_rare_codes(tmp_path):
+    qmodel = dense_qat_model()
+    codes = np.random.default_rng(3).choice([-3, -1, 0, 1, 3], size=64 * 32, p=[0.2, 0.002, 0.596, 0.002, 0.2])
+    with pytest.warns(UserWarning, match=r"\['fc'\].*nearest level"):
+        load_codes(qmodel, codes, tmp_path)
+    kernel = next(quantized_kernels(qmodel))
+    assert float(kernel.state["size_factor"].numpy()) == 0.0
+    np.testing.assert_array_equal(kernel.codes().numpy().reshape(-1), codes)
+
+
+def kernel_variable(layer: keras.layers.Layer):
+    return layer.depthwise_kernel if isinstance(layer, keras.layers.DepthwiseConv2D) else layer.kernel
+
+
+def test_load_into_stripped_model_sets_the_kernels(trained, saved):
+    plain = tf_ecqx.strip(trained[1])
+    stripped = {layer.name: kernel_variable(layer).numpy() for layer in plain.layers if layer.weights}
+    for variable in plain.weights:
+        variable.assign(np.zeros(variable.shape, np.float32))
+    load_into(plain, saved)
+    layers = decode(saved.read_bytes())
+    for layer in layers:
+        kernel = kernel_variable(plain.get_layer(layer.name)).numpy()
+        np.testing.assert_array_equal(bits_of(kernel), bits_of(layer.values))
+        np.testing.assert_array_equal(bits_of(kernel), bits_of(stripped[layer.name]))
+    loaded = {id(kernel_variable(plain.get_layer(layer.name))) for layer in layers}
+    assert not any(v.numpy().any() for v in plain.weights if id(v) not in loaded)
+
+
+def narrower_model(float_model: keras.Model) -> keras.Model:
+    """The same layer names with a narrower first Dense layer, so two kernel shapes differ."""
+    config = float_model.get_config()
+    dense = next(layer for layer in config["layers"] if layer["class_name"] == "Dense")
+    dense["config"]["units"] = 16
+    return keras.Model.from_config(config)
+
+
+@pytest.mark.parametrize("kind", ["qat", "plain"])
+def test_load_into_mismatching_model_is_refused_and_changes_nothing(trained, saved, kind):
+    other = narrower_model(trained[0])
+    if kind == "qat":
+        other = tf_ecqx.quantize_model(other, bits=4, lambda_=LAMBDA)
+    first, second = [layer.name for layer in decode(saved.read_bytes())][-2:]  # the two Dense layers
+    before = all_weights(other)
+    with pytest.raises(ValueError, match=rf"nothing was changed.*\n  - {first}: kernel shape .*\n  - {second}: kernel"):
+        load_into(other, saved)
+    for a, b in zip(before, all_weights(other), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_load_into_qat_model_with_other_layers_lists_them(saved):
+    qmodel = dense_qat_model()
+    with pytest.raises(ValueError) as error:
+        load_into(qmodel, saved)
+    message = str(error.value)
+    assert "fc: quantized in the model, not in the file" in message
+    for layer in decode(saved.read_bytes()):
+        assert f"{layer.name}: in the file, not an ECQx-quantized layer of the model" in message

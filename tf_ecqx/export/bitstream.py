@@ -1,0 +1,388 @@
+"""Entropy-coded container for the kernel codes of an ECQx model: the compact file to ship or archive a model in.
+
+Each kernel's integer codes are ANS-coded (constriction) under their own empirical distribution, so a layer costs
+about N * H(codes) / 8 bytes. Layout, version 1, little-endian, varint = unsigned LEB128:
+
+    magic b"ECQX" | version u8 | total length u64
+    layer count varint, then per layer:
+        name (varint length, UTF-8) | rank u8, dims varint... | bits u8 | step f32 | grid k_min i8, k_max i8
+        | code model: occurring range lo i8, hi i8, count varint per code lo..hi (0 = absent)
+        | payload length varint | payload (ANS words as u32, zero high bytes of the last word dropped)
+    crc32 u32 of every byte before it
+
+`encode_layers`/`decode` are pure numpy; `encode`, `save` and `load_into` connect them to Keras models.
+"""
+
+from __future__ import annotations
+
+import struct
+import warnings
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import constriction
+import numpy as np
+import tensorflow as tf
+
+from tf_ecqx._keras import keras
+from tf_ecqx.ecq.grid import check_bits
+from tf_ecqx.quantization.api import QuantizedKernel, quantized_kernels
+
+MAGIC = b"ECQX"
+VERSION = 1
+PREAMBLE = struct.Struct("<4sBQ")  # magic, version, total length
+CRC = struct.Struct("<I")
+INT8_MIN, INT8_MAX = -128, 127
+PLAIN_KERNEL_ATTRS = ("kernel", "depthwise_kernel")
+
+
+class BitstreamError(ValueError):
+    """An ECQx bitstream that cannot be read: foreign, from another format version, truncated or corrupt."""
+
+
+@dataclass(frozen=True, eq=False)
+class DecodedLayer:
+    """The quantized kernel of one layer: integer codes on the grid k * step, k in [k_min, k_max].
+
+    What `decode` returns and what `encode_layers` takes.
+    """
+
+    name: str
+    bits: int
+    step: np.float32
+    k_min: int
+    k_max: int
+    codes: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.codes.shape)
+
+    @property
+    def values(self) -> np.ndarray:
+        """codes * step in float32, bit-exact to `QuantizedKernel.values()`."""
+        return self.codes.astype(np.float32) * np.float32(self.step)
+
+
+# --- byte-level writing and reading ---
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+class _Reader:
+    """Sequential reader over a container body; running past its end means the file is malformed."""
+
+    def __init__(self, data: bytes, start: int, end: int):
+        self.data, self.pos, self.end = data, start, end
+
+    def take(self, n: int) -> bytes:
+        if self.pos + n > self.end:
+            raise _malformed(f"a field at byte {self.pos} runs past the end of the layer data")
+        chunk = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return chunk
+
+    def unpack(self, fmt: str) -> tuple:
+        return struct.unpack(fmt, self.take(struct.calcsize(fmt)))
+
+    def varint(self) -> int:
+        value, shift = 0, 0
+        while True:
+            (byte,) = self.take(1)
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                return value
+
+
+def _malformed(detail: str) -> BitstreamError:
+    return BitstreamError(
+        f"The ECQx bitstream is malformed although its checksum matches ({detail}); it was not written by "
+        "tf_ecqx.export. Write it again with tf_ecqx.export.save(qmodel, path)."
+    )
+
+
+# --- code model and entropy coding ---
+
+
+def _code_model(codes: np.ndarray) -> tuple[int, np.ndarray]:
+    """Lowest occurring code and the counts of all codes from it to the highest occurring one."""
+    flat = codes.reshape(-1).astype(np.int64)
+    if flat.size == 0:
+        return 0, np.zeros(1, np.int64)
+    lo = int(flat.min())
+    return lo, np.bincount(flat - lo)
+
+
+def _categorical(counts: np.ndarray) -> constriction.stream.model.Categorical:
+    """The entropy model of the occurring codes: their counts as float64, exact on the encoding and decoding side."""
+    return constriction.stream.model.Categorical(counts[counts > 0].astype(np.float64), perfect=False)
+
+
+def _compress(codes: np.ndarray, lo: int, counts: np.ndarray) -> bytes:
+    present = np.flatnonzero(counts)
+    if present.size <= 1:  # a single code (or none) is fully described by the code model
+        return b""
+    symbols = np.searchsorted(present, codes.reshape(-1).astype(np.int64) - lo).astype(np.int32)
+    coder = constriction.stream.stack.AnsCoder()
+    coder.encode_reverse(symbols, _categorical(counts))
+    raw = coder.get_compressed().astype("<u4").tobytes()
+    return raw[: max(len(raw.rstrip(b"\0")), len(raw) - 3)]  # drop zero high bytes of the last word only
+
+
+def _decompress(payload: bytes, lo: int, counts: np.ndarray, name: str) -> np.ndarray:
+    present = np.flatnonzero(counts) + lo
+    total = int(counts.sum())
+    if present.size <= 1:
+        return np.full(total, present[0] if present.size else 0, np.int32)
+    padded = payload + b"\0" * (-len(payload) % 4)
+    coder = constriction.stream.stack.AnsCoder(np.frombuffer(padded, "<u4").astype(np.uint32))
+    symbols = coder.decode(_categorical(counts), total)
+    if not coder.is_empty():
+        raise _malformed(f"the payload of layer {name!r} holds more data than its {total} codes")
+    return present[symbols].astype(np.int32)
+
+
+# --- layers <-> bytes ---
+
+
+def _check_layer(layer: DecodedLayer) -> None:
+    check_bits(layer.bits)
+    where = f"Layer {layer.name!r}"
+    if not INT8_MIN <= layer.k_min <= 0 <= layer.k_max <= INT8_MAX:
+        raise ValueError(f"{where}: grid [{layer.k_min}, {layer.k_max}] must contain 0 and fit int8 [-128, 127].")
+    if not np.issubdtype(layer.codes.dtype, np.integer):
+        raise ValueError(f"{where}: codes must be an integer array, got {layer.codes.dtype}.")
+    if layer.codes.size and not layer.k_min <= layer.codes.min() <= layer.codes.max() <= layer.k_max:
+        raise ValueError(f"{where}: codes must lie in the grid [{layer.k_min}, {layer.k_max}].")
+    if not np.isfinite(layer.step) or layer.step <= 0:
+        raise ValueError(f"{where}: step must be a finite float32 > 0, got {layer.step!r}.")
+
+
+def _layer_bytes(layer: DecodedLayer) -> bytes:
+    _check_layer(layer)
+    name = layer.name.encode("utf-8")
+    lo, counts = _code_model(layer.codes)
+    payload = _compress(layer.codes, lo, counts)
+    return b"".join(
+        [
+            _varint(len(name)),
+            name,
+            struct.pack("<B", len(layer.shape)),
+            *(_varint(d) for d in layer.shape),
+            struct.pack("<Bfbb", layer.bits, layer.step, layer.k_min, layer.k_max),
+            struct.pack("<bb", lo, lo + len(counts) - 1),
+            *(_varint(int(c)) for c in counts),
+            _varint(len(payload)),
+            payload,
+        ]
+    )
+
+
+def _read_layer(reader: _Reader) -> DecodedLayer:
+    name = reader.take(reader.varint()).decode("utf-8", errors="replace")
+    (rank,) = reader.unpack("<B")
+    shape = tuple(reader.varint() for _ in range(rank))
+    bits, step, k_min, k_max, lo, hi = reader.unpack("<Bfbbbb")
+    if not k_min <= lo <= hi <= k_max:
+        raise _malformed(f"layer {name!r} has codes [{lo}, {hi}] outside its grid [{k_min}, {k_max}]")
+    counts = np.array([reader.varint() for _ in range(hi - lo + 1)], np.int64)
+    if int(counts.sum()) != int(np.prod(shape)):
+        raise _malformed(f"layer {name!r} counts {int(counts.sum())} codes for shape {shape}")
+    codes = _decompress(reader.take(reader.varint()), lo, counts, name)
+    return DecodedLayer(name, bits, np.float32(step), k_min, k_max, codes.reshape(shape))
+
+
+def encode_layers(layers: Sequence[DecodedLayer]) -> bytes:
+    """The container holding these layers' codes (pure numpy; `encode` feeds it a model's kernels)."""
+    names = [layer.name for layer in layers]
+    if len(set(names)) != len(names):
+        raise ValueError(f"Layer names must be unique to be loaded back by name, got {names}.")
+    body = _varint(len(layers)) + b"".join(_layer_bytes(layer) for layer in layers)
+    head = PREAMBLE.pack(MAGIC, VERSION, PREAMBLE.size + len(body) + CRC.size)
+    return head + body + CRC.pack(zlib.crc32(head + body))
+
+
+def _check_container(data: bytes) -> None:
+    """Refuse foreign, other-version, truncated and corrupt data, in that order, saying what to do."""
+    rewrite = "Write it again with tf_ecqx.export.save(qmodel, path)."
+    if data[:4] != MAGIC[: len(data[:4])]:
+        raise BitstreamError(
+            f"Not an ECQx bitstream: it starts with {data[:4]!r}, not {MAGIC!r}. Pass a file "
+            "written by tf_ecqx.export.save."
+        )
+    if len(data) > 4 and data[4] != VERSION:
+        raise BitstreamError(
+            f"ECQx bitstream format version {data[4]} cannot be read: this tf_ecqx reads version "
+            f"{VERSION}. Use the tf_ecqx release that wrote it, or export the model again."
+        )
+    if len(data) < PREAMBLE.size + CRC.size:
+        raise BitstreamError(f"ECQx bitstream truncated: {len(data)} bytes, shorter than its fixed header. {rewrite}")
+    expected = PREAMBLE.unpack_from(data)[2]
+    if len(data) != expected:
+        what = "truncated" if len(data) < expected else "has extra bytes at the end"
+        raise BitstreamError(
+            f"ECQx bitstream {what}: {len(data)} bytes where its header announces {expected} "
+            f"(incomplete copy or download, or a damaged header). {rewrite}"
+        )
+    (stored,) = CRC.unpack_from(data, len(data) - CRC.size)
+    if zlib.crc32(data[: -CRC.size]) != stored:
+        raise BitstreamError(
+            f"ECQx bitstream corrupt: CRC32 mismatch (stored {stored:#010x}, computed "
+            f"{zlib.crc32(data[: -CRC.size]):#010x}); the file was damaged. {rewrite}"
+        )
+
+
+def decode(data: bytes) -> list[DecodedLayer]:
+    """The layers of an ECQx bitstream, bit-exact; raises BitstreamError for anything but an intact version-1 file."""
+    _check_container(data)
+    reader = _Reader(data, PREAMBLE.size, len(data) - CRC.size)
+    layers = [_read_layer(reader) for _ in range(reader.varint())]
+    if reader.pos != reader.end:
+        raise _malformed(f"{reader.end - reader.pos} bytes follow the last layer")
+    return layers
+
+
+# --- Keras models ---
+
+
+def _layer_of(kernel: QuantizedKernel) -> DecodedLayer:
+    return DecodedLayer(
+        name=kernel.layer_name,
+        bits=kernel.quantizer.bits,
+        step=np.float32(kernel.state["step"].numpy()),
+        k_min=int(kernel.state["k_min"].numpy()),
+        k_max=int(kernel.state["k_max"].numpy()),
+        codes=kernel.codes().numpy(),
+    )
+
+
+def encode(qmodel: keras.Model) -> bytes:
+    """The bitstream of every ECQx-quantized kernel of a QAT model (codes under the current assignment)."""
+    kernels = list(quantized_kernels(qmodel))
+    if not kernels:
+        raise ValueError(f"Model {qmodel.name!r} has no ECQx-quantized kernel; pass the model quantize_model returned.")
+    return encode_layers([_layer_of(k) for k in kernels])
+
+
+def save(qmodel: keras.Model, path: str | Path) -> None:
+    """Write `encode(qmodel)` to `path`."""
+    Path(path).write_bytes(encode(qmodel))
+
+
+# --- loading into models ---
+
+Assignment = tuple[tf.Variable, Any]
+
+
+def _plain_kernel(layer: keras.layers.Layer) -> tf.Variable | None:
+    candidates = (getattr(layer, attr, None) for attr in PLAIN_KERNEL_ATTRS)
+    return next((v for v in candidates if isinstance(v, tf.Variable)), None)
+
+
+def _shape_problems(layer: DecodedLayer, variable: tf.Variable) -> list[str]:
+    shape = tuple(variable.shape)
+    if layer.shape == shape:
+        return []
+    return [f"{layer.name}: kernel shape {layer.shape} in the file, {shape} in the model"]
+
+
+def _qat_problems(kernels: dict[str, QuantizedKernel], layers: list[DecodedLayer]) -> list[str]:
+    in_file = {layer.name for layer in layers}
+    problems = [f"{name}: quantized in the model, not in the file" for name in kernels if name not in in_file]
+    for layer in layers:
+        kernel = kernels.get(layer.name)
+        if kernel is None:
+            problems.append(f"{layer.name}: in the file, not an ECQx-quantized layer of the model")
+            continue
+        problems += _shape_problems(layer, kernel.kernel)
+        if kernel.quantizer.bits != layer.bits:
+            problems.append(f"{layer.name}: {layer.bits} bits in the file, {kernel.quantizer.bits} in the model")
+    return problems
+
+
+def _plain_problems(kernels: dict[str, tf.Variable], layers: list[DecodedLayer]) -> list[str]:
+    problems = []
+    for layer in layers:
+        if layer.name in kernels:
+            problems += _shape_problems(layer, kernels[layer.name])
+        else:
+            problems.append(f"{layer.name}: in the file, not a layer with a kernel in the model")
+    return problems
+
+
+def _quantizer_state(layer: DecodedLayer, size_factor: float) -> dict[str, Any]:
+    return {"step": layer.step, "k_min": float(layer.k_min), "k_max": float(layer.k_max), "size_factor": size_factor}
+
+
+def _reproducing_size_factor(kernel: QuantizedKernel, layer: DecodedLayer) -> float:
+    """The model's layer-size factor if its ECQ assignment maps the decoded values back to their codes, else 0.
+
+    ECQ recomputes the cluster probabilities from the loaded weights, which sit on the final (sparser) codes instead of
+    the training-time nearest levels, so rare levels can cost more than in training and a value exactly on its level
+    may still be reassigned. Factor 0 turns the layer's lambda off: nearest-level rounding returns every code.
+    """
+    factor = float(kernel.state["size_factor"].numpy())
+    codes = kernel.quantizer.codes(tf.constant(layer.values), _quantizer_state(layer, factor))
+    return factor if np.array_equal(codes.numpy(), layer.codes) else 0.0
+
+
+def _qat_assignments(kernels: dict[str, QuantizedKernel], layers: list[DecodedLayer]) -> list[Assignment]:
+    """Shadow kernel = decoded values, grid = the file's, size factor as `_reproducing_size_factor` finds it."""
+    assignments, switched_off = [], []
+    for layer in layers:
+        kernel = kernels[layer.name]
+        factor = _reproducing_size_factor(kernel, layer)
+        if factor != float(kernel.state["size_factor"].numpy()):
+            switched_off.append(layer.name)
+        assignments.append((kernel.kernel, layer.values))
+        assignments += [(kernel.state[key], value) for key, value in _quantizer_state(layer, factor).items()]
+    if switched_off:
+        warnings.warn(
+            f"load_into: at this model's lambda_, ECQ would reassign some loaded codes of {switched_off}, so these "
+            "layers now round to the nearest level (size factor 0) and keep the file's codes exactly. Fine-tuning "
+            "from here puts no entropy pressure on them; to fine-tune with ECQ, resume from the QAT model's .keras "
+            "file, or quantize_model a plain model loaded with these kernels.",
+            stacklevel=3,
+        )
+    return assignments
+
+
+def _mismatch_error(path: str | Path, model: keras.Model, problems: list[str]) -> ValueError:
+    listing = "\n".join(f"  - {problem}" for problem in problems)
+    return ValueError(
+        f"Cannot load {str(path)!r} into model {model.name!r}; nothing was changed. The model's layers do not "
+        f"match the file:\n{listing}\nLoad it into a model of the architecture it was written from (same layer "
+        "names, kernel shapes and, for a QAT model, bits); tf_ecqx.export.decode lists the file's layers."
+    )
+
+
+def load_into(model: keras.Model, path: str | Path) -> None:
+    """Put the kernels of an ECQx bitstream into `model`, a QAT model (quantize_model) or a plain one (e.g. strip).
+
+    Plain model: each named layer's kernel (or depthwise_kernel) gets the decoded values. QAT model: the float shadow
+    kernel gets the values and the quantizer the file's grid, so `codes()` returns the file's codes exactly (see
+    `_reproducing_size_factor`). Every layer is checked before anything is assigned: on a mismatch nothing changes.
+    """
+    layers = decode(Path(path).read_bytes())
+    quantized = {k.layer_name: k for k in quantized_kernels(model)}
+    kernels = {layer.name: kernel for layer in model.layers if (kernel := _plain_kernel(layer)) is not None}
+    problems = _qat_problems(quantized, layers) if quantized else _plain_problems(kernels, layers)
+    if problems:
+        raise _mismatch_error(path, model, problems)
+    if quantized:
+        plan = _qat_assignments(quantized, layers)
+    else:
+        plan = [(kernels[layer.name], layer.values) for layer in layers]
+    for variable, value in plan:
+        variable.assign(value)

@@ -92,3 +92,25 @@ def test_bad_export_arguments(trained_models, tmp_path):
     with pytest.raises(ValueError, match="target='gpu' is not known"):
         to_tflite(qmodel, tmp_path / "m.tflite", np.zeros((4, 28, 28, 1), np.float32), target="gpu")
     assert not (tmp_path / "m.tflite").exists()
+
+
+def test_size_table_lists_every_artifact_measured_from_the_written_files(trained_models, fashion, tmp_path):
+    from tf_ecqx.sizes import format_size_table, size_table
+
+    qmodel = trained_models["demo"]
+    rows = {row.artifact: row for row in size_table(qmodel, fashion[0].x[:100], tmp_path)}
+    for name in ("float32", "int8", "sparse_int8", "micro"):
+        assert (tmp_path / f"{name}.tflite").stat().st_size == rows[
+            {
+                "float32": "float32 TFLite",
+                "int8": "int8 TFLite",
+                "sparse_int8": "sparse int8 TFLite",
+                "micro": "micro TFLite (int8 + LUT)",
+            }[name]
+        ].bytes
+    assert (tmp_path / "kernels.ecqx").stat().st_size == rows["bitstream (quantized kernels)"].bytes
+    assert rows["float32 TFLite"].ratio == 1.0
+    assert rows["entropy bound of the kernel codes"].bytes <= rows["bitstream (quantized kernels)"].bytes
+    assert rows["bitstream (quantized kernels)"].bytes < rows["sparse int8 TFLite, gzip -9"].bytes
+    assert rows["sparse int8 TFLite"].bytes < rows["int8 TFLite"].bytes < rows["float32 TFLite"].bytes
+    assert "vs float32" in format_size_table(list(rows.values()))

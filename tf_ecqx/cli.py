@@ -15,6 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--bits", type=int, default=4, help="kernel bit width, 2..8 (default 4)")
     demo.add_argument("--lambda", dest="lambda_", type=float, default=0.2, help="entropy weight (default 0.2)")
     demo.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs (default 2)")
+    demo.add_argument("--out", default="demo_output", help="where the exported files go (default demo_output/)")
     demo.add_argument("--quiet", action="store_true", help="no progress output")
     args = parser.parse_args(argv)
 
@@ -22,8 +23,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         settings = DemoSettings(bits=args.bits, lambda_=args.lambda_, finetune_epochs=args.epochs)
-        run_demo(settings, verbose=0 if args.quiet else 2)
-    except (ValueError, FileNotFoundError) as error:
+        run_demo(settings, verbose=0 if args.quiet else 2, output_dir=args.out)
+    except (ValueError, OSError, RuntimeError) as error:
         print(f"tf-ecqx: error: {error}", file=sys.stderr)
         return 1
     return 0

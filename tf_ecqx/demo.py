@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from typing import Any
 
 from tf_ecqx._keras import keras
 from tf_ecqx.datasets import fashion_mnist
@@ -11,6 +13,7 @@ from tf_ecqx.models import compile_for_classification, trained_float_model
 from tf_ecqx.quantization.api import quantize_model
 from tf_ecqx.quantization.quantizers import check_lambda
 from tf_ecqx.report import format_layer_table, layer_stats
+from tf_ecqx.sizes import format_size_table, size_table
 
 
 @dataclass(frozen=True)
@@ -27,8 +30,11 @@ class DemoSettings:
         check_lambda(self.lambda_)
 
 
-def run_demo(settings: DemoSettings = DemoSettings(), verbose: int = 2) -> dict[str, float]:
-    """Train (or load) the float CNN, quantize it with ECQ, fine-tune, and print accuracies and the layer table."""
+def run_demo(
+    settings: DemoSettings = DemoSettings(), verbose: int = 2, output_dir: str | os.PathLike | None = None
+) -> dict[str, Any]:
+    """Train (or load) the float CNN, quantize it with ECQ, fine-tune, print accuracies and the layer table, and,
+    with an output_dir, export it (mobile and micro TFLite, bitstream) and print the size table."""
     train, test = fashion_mnist()
     print(f"Fashion-MNIST: {len(train.x)} training and {len(test.x)} test images")
     model = trained_float_model("demo_cnn", train, settings.float_epochs, settings.batch_size, settings.seed, verbose)
@@ -52,4 +58,10 @@ def run_demo(settings: DemoSettings = DemoSettings(), verbose: int = 2) -> dict[
     )
     print(format_layer_table(stats))
     zeros = sum(s.sparsity * s.n_weights for s in stats) / sum(s.n_weights for s in stats)
-    return {"float_accuracy": float_accuracy, "ecq_accuracy": ecq_accuracy, "sparsity": zeros}
+    result = {"float_accuracy": float_accuracy, "ecq_accuracy": ecq_accuracy, "sparsity": zeros}
+    if output_dir is not None:
+        print(f"\nExporting to {output_dir}/ (TFLite for LiteRT and TFLM, bitstream), each verified in its runtime:")
+        rows = size_table(qmodel, train.x[:200], output_dir)
+        print(format_size_table(rows))
+        result["sizes"] = {row.artifact: row.bytes for row in rows}
+    return result

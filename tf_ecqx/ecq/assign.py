@@ -16,6 +16,7 @@ from tf_ecqx.ecq.grid import Grid
 
 ZERO_PRIOR = 0.5
 SIZE_DECAY_OFFSET = 0.05
+FEW_BREAKPOINTS = 32
 
 
 class Assignment(NamedTuple):
@@ -113,7 +114,7 @@ def assignment_costs(w: tf.Tensor, grid: Grid, info: tf.Tensor, lam: tf.Tensor) 
 
     breakpoints = tf.boolean_mask(lower, on_envelope)
     envelope_codes = tf.concat([[0], tf.boolean_mask(codes, on_envelope)], 0)  # slot 0: "no usable level"
-    slot = tf.searchsorted(breakpoints, tf.reshape(w, [-1]), side="right")
+    slot = _count_at_or_below(breakpoints, tf.reshape(w, [-1]))
     nonzero_code = tf.reshape(tf.gather(envelope_codes, slot), tf.shape(w))
 
     chosen_penalty = tf.gather(penalty, nonzero_code - grid.k_min)
@@ -121,6 +122,23 @@ def assignment_costs(w: tf.Tensor, grid: Grid, info: tf.Tensor, lam: tf.Tensor) 
     nonzero_cost = tf.where(tf.equal(nonzero_code, 0), float("inf"), tf.square(w - chosen_level) + chosen_penalty)
     zero_cost = tf.square(w) + tf.gather(penalty, -grid.k_min)
     return Assignment(zero_cost=zero_cost, nonzero_cost=nonzero_cost, nonzero_code=nonzero_code)
+
+
+def _count_at_or_below(breakpoints: tf.Tensor, values: tf.Tensor) -> tf.Tensor:
+    """For each value, how many of the sorted breakpoints are <= it.
+
+    With few breakpoints (the usual envelope at 2-5 bit) one vectorised comparison per breakpoint is several times
+    faster on CPU than `searchsorted`'s per-element binary search; with many, the binary search wins.
+    """
+    return tf.cond(
+        tf.size(breakpoints) <= FEW_BREAKPOINTS,
+        lambda: tf.foldl(
+            lambda count, b: count + tf.cast(values >= b, tf.int32),
+            breakpoints,
+            initializer=tf.zeros_like(values, tf.int32),
+        ),
+        lambda: tf.searchsorted(breakpoints, values, side="right"),
+    )
 
 
 def choose_codes(assignment: Assignment, zero_cost: tf.Tensor | None = None) -> tf.Tensor:

@@ -15,6 +15,7 @@ MIN_BITS = 2
 MAX_BITS = 8
 INT8_NARROW_MAX = 127
 STEP_PERCENTILE = 99.9
+MIN_STEP = 1e-30
 
 
 class Grid(NamedTuple):
@@ -77,8 +78,9 @@ def init_grid(w: tf.Tensor, bits: int) -> Grid:
     positive_levels = tf.where(unsigned, min(2**bits - 1, INT8_NARROW_MAX), half - 1)
     scale = percentile(magnitude, STEP_PERCENTILE)
     scale = tf.where(scale > 0, scale, tf.reduce_max(magnitude))
-    scale = tf.where(scale > 0, scale, 1.0)  # all-zero kernel: any step codes it as zeros
     step = scale / tf.cast(positive_levels, tf.float32)
+    # A kernel whose step would be (near) subnormal is zero in effect; any normal step codes it as zeros.
+    step = tf.where(step >= MIN_STEP, step, 1.0)
 
     neg_dominant = negative_side_dominates(w)
     k_min = tf.where(unsigned, 0, tf.where(neg_dominant, -half, -half + 1))

@@ -1,0 +1,280 @@
+"""Native LRP: hand-computed cases, conservation, our own definitions (BatchNorm, ReLU layers), QAT models, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+import tf_ecqx
+from tf_ecqx._keras import keras
+from tf_ecqx.relevance import COMPOSITES, AlphaBeta, Composite, Epsilon, Flat, get_composite, lrp
+from tf_ecqx.relevance.lrp import compiled_lrp
+
+layers = keras.layers
+TINY_EPSILON = Composite(dense=Epsilon(1e-9), conv=Epsilon(1e-9), weight_epsilon=1e-9)
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[np.ndarray, np.ndarray]:
+    x, y = load_digits(return_X_y=True)
+    return (x[:32] / 16.0).astype(np.float32).reshape(-1, 8, 8, 1), y[:32]
+
+
+def dense(units: int, kernel: list[list[float]], bias: list[float] | None = None, **kwargs) -> layers.Dense:
+    return layers.Dense(
+        units,
+        use_bias=bias is not None,
+        kernel_initializer=keras.initializers.Constant(kernel),
+        bias_initializer=keras.initializers.Constant(bias or 0.0),
+        **kwargs,
+    )
+
+
+def cnn(use_bias: bool = True, batch_norm: bool = False, relu: str = "inside") -> keras.Model:
+    """8x8 CNN with max pooling, a residual Add, average pooling; relu inside layers, as ReLU or Activation layers."""
+
+    def act(x):
+        return {"relu_layer": layers.ReLU, "activation_layer": lambda: layers.Activation("relu")}[relu]()(x)
+
+    inner = "relu" if relu == "inside" else None
+    inputs = keras.Input((8, 8, 1))
+    x = layers.Conv2D(4, 3, use_bias=use_bias and not batch_norm, activation=None if batch_norm else inner)(inputs)
+    if batch_norm:
+        x = layers.Activation("relu")(layers.BatchNormalization()(x))
+    elif relu != "inside":
+        x = act(x)
+    y = layers.Conv2D(4, 3, padding="same", use_bias=use_bias, activation=inner, name="branch")(x)
+    y = y if relu == "inside" else act(y)
+    x = layers.MaxPooling2D()(layers.Add()([x, y]))
+    x = layers.DepthwiseConv2D(2, use_bias=use_bias, activation=inner)(x)
+    x = x if relu == "inside" else act(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, layers.Dense(10, use_bias=use_bias)(x))
+
+
+def with_random_statistics(model: keras.Model, seed: int = 0) -> keras.Model:
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            n = layer.gamma.shape[0]
+            gamma, beta, mean, variance = (
+                rng.uniform(0.5, 1.5, n),
+                rng.normal(0, 0.1, n),
+                rng.normal(0, 0.1, n),
+                rng.uniform(0.5, 2, n),
+            )
+            layer.set_weights([gamma, beta, mean, variance])
+    return model
+
+
+def target_logits(model: keras.Model, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return model(x).numpy()[np.arange(len(y)), y]
+
+
+# hand-computed cases -------------------------------------------------------------------------------------------------
+
+
+def test_dense_weight_relevance_by_hand():
+    """One Dense layer, ε rule: R_ij = Σ_n a_ni w_ij R_nj / z_nj with R_n0 = z_n0 / B, so R_i0 = w_i0 Σ_n a_ni / B."""
+    inputs = keras.Input((2,))
+    model = keras.Model(inputs, dense(2, [[1.0, 2.0], [3.0, -1.0]], [0.5, 0.0])(inputs))
+    x = np.array([[1.0, 2.0], [2.0, 0.0]], np.float32)
+    relevances = lrp(model, x, y=[0, 0], composite="epsilon")
+    np.testing.assert_allclose(relevances.weights[model.layers[1].name], [[1.5, 0.0], [3.0, 0.0]], rtol=1e-5)
+    np.testing.assert_allclose(relevances.input, [[0.5, 3.0], [1.0, 0.0]], rtol=1e-5)  # the bias keeps 0.5
+
+
+def test_weight_relevance_uses_the_relevance_arriving_from_above():
+    """Two Dense layers, x = (1, 1): h = relu(x W1) = (2, 1), logit 3; R_h = (2, 1), so R_W1 = x_i w_ij R_j / z_j = W1.
+
+    The weight relevance is the ε rule whatever the composite's input rule: with the flat rule on the first layer the
+    input relevance changes to (1.5, 1.5) but R_W1 does not.
+    """
+    inputs = keras.Input((2,))
+    hidden = dense(2, [[1.0, -1.0], [1.0, 2.0]], activation="relu", name="hidden")(inputs)
+    model = keras.Model(inputs, dense(2, [[1.0, 0.0], [1.0, 0.0]], name="logits")(hidden))
+    x = np.ones((1, 2), np.float32)
+    eps = lrp(model, x, y=[0], composite="epsilon")
+    np.testing.assert_allclose(eps.weights["logits"], [[2.0, 0.0], [1.0, 0.0]], rtol=1e-5)
+    np.testing.assert_allclose(eps.weights["hidden"], [[1.0, -1.0], [1.0, 2.0]], rtol=1e-5)
+    np.testing.assert_allclose(eps.input, [[0.0, 3.0]], rtol=1e-5, atol=1e-6)
+    flat = lrp(model, x, y=[0], composite="epsilon_plus_flat")
+    np.testing.assert_allclose(flat.input, [[1.5, 1.5]], rtol=1e-5)
+    np.testing.assert_allclose(flat.weights["hidden"], eps.weights["hidden"], rtol=1e-6)
+
+
+# conservation --------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("relu", ["inside", "relu_layer"])
+def test_epsilon_conserves_relevance_without_biases(digits, relu):
+    """ε → 0, no biases: every layer (also max/avg pooling and Add) hands on all relevance, so Σ R_in = Σ R_out."""
+    model = cnn(use_bias=False, relu=relu)
+    x, y = digits
+    relevances = lrp(model, x, y, composite=TINY_EPSILON)
+    total = target_logits(model, x, y).sum() / len(x)
+    assert relevances.input.sum() == pytest.approx(total, rel=1e-4)
+    for name, r_w in relevances.weights.items():  # the weights of a layer on every path share all relevance too
+        if name != "branch":
+            assert r_w.sum() == pytest.approx(total, rel=1e-4), name
+
+
+@pytest.mark.parametrize("output", ["ones", "probability"])
+def test_output_modes(digits, output):
+    """Output relevance of the target class (1 or its softmax), divided by the batch size, is conserved to the input."""
+    model = cnn(use_bias=False)
+    x, y = digits
+    relevances = lrp(model, x, y, composite=TINY_EPSILON, output=output)
+    logits = model(x).numpy()
+    probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    start = np.ones(len(y)) if output == "ones" else probabilities[np.arange(len(y)), y]
+    assert relevances.input.sum() == pytest.approx(start.sum() / len(x), rel=1e-4)
+
+
+def test_default_target_is_the_predicted_class(digits):
+    model = cnn()
+    x = digits[0]
+    predicted = model(x).numpy().argmax(axis=1)
+    np.testing.assert_array_equal(lrp(model, x).input, lrp(model, x, predicted).input)
+
+
+# our definitions where iNNvestigate differs --------------------------------------------------------------------------
+
+
+def test_relu_layers_pass_relevance_like_activations_inside_layers(digits):
+    """keras.layers.ReLU, Activation("relu") and activation="relu" give the same relevances, for every rule.
+
+    (iNNvestigate routes relevance through the gradient of a ReLU *layer*, which differs where the flat rule put
+    relevance on units with zero output.)
+    """
+    models = [cnn(relu=relu) for relu in ("inside", "relu_layer", "activation_layer")]
+    for model in models[1:]:
+        model.set_weights(models[0].get_weights())
+    x, y = digits
+    for composite in ("lrp.flat", "epsilon_plus_flat"):
+        expected = lrp(models[0], x, y, composite=composite)
+        for model in models[1:]:
+            np.testing.assert_array_equal(lrp(model, x, y, composite=composite).input, expected.input)
+
+
+def test_batch_norm_pass_and_canonize(digits):
+    """Pass hands relevance through BN; canonize folds BN into the conv. They agree when BN only scales by s > 0
+    (the ε rule is scale invariant), and differ for a general BN."""
+    model = cnn(use_bias=False, batch_norm=True)
+    x, y = digits
+    passed = lrp(model, x, y, composite="epsilon", bn="pass")
+    canonized = lrp(model, x, y, composite="epsilon", bn="canonize")
+    np.testing.assert_allclose(passed.input, canonized.input, rtol=1e-4, atol=1e-7)  # fresh BN: s = 1/sqrt(1 + eps)
+    with_random_statistics(model)
+    passed = lrp(model, x, y, composite="epsilon", bn="pass")
+    canonized = lrp(model, x, y, composite="epsilon", bn="canonize")
+    assert np.abs(passed.input - canonized.input).max() > 1e-3 * np.abs(canonized.input).max()
+    assert lrp(model, x, y, composite="epsilon_plus_flat_bn_pass").input.shape == x.shape
+
+
+def test_canonize_refuses_batch_norm_after_an_activation():
+    inputs = keras.Input((4,))
+    outputs = layers.Dense(3)(layers.BatchNormalization(name="late_bn")(layers.Dense(4, activation="relu")(inputs)))
+    model = keras.Model(inputs, outputs)
+    with pytest.raises(ValueError, match="late_bn.*cannot be canonized"):
+        lrp(model, np.ones((2, 4)), composite="epsilon")
+    assert lrp(model, np.ones((2, 4)), composite="epsilon", bn="pass").input.shape == (2, 4)
+
+
+# models, compilation and QAT -----------------------------------------------------------------------------------------
+
+
+def test_sequential_model_equals_functional(digits):
+    sequential = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            layers.Conv2D(4, 3, activation="relu"),
+            layers.MaxPooling2D(),
+            layers.Flatten(),
+            layers.Dense(10),
+        ]
+    )
+    x, y = digits
+    relevances = lrp(sequential, x, y, composite="epsilon_plus_flat")
+    inputs = keras.Input((8, 8, 1))
+    outputs = inputs
+    for layer in sequential.layers:
+        outputs = layer(outputs)
+    np.testing.assert_allclose(lrp(keras.Model(inputs, outputs), x, y, "epsilon_plus_flat").input, relevances.input)
+    assert set(relevances.weights) == {sequential.layers[0].name, sequential.layers[3].name}
+
+
+def test_compiled_once_and_reads_current_weights(digits):
+    model = cnn()
+    x, y = digits
+    function = compiled_lrp(model, get_composite("epsilon_plus_flat"), "output")
+    first = lrp(model, x, y, composite="epsilon_plus_flat")
+    lrp(model, x[:5], y[:5], composite="epsilon_plus_flat")  # another batch size: no retrace
+    model.set_weights([w * 1.5 for w in model.get_weights()])
+    changed = lrp(model, x, y, composite="epsilon_plus_flat")
+    assert compiled_lrp(model, get_composite("epsilon_plus_flat"), "output") is function
+    assert function.experimental_get_tracing_count() == 1
+    fresh = cnn()
+    fresh.set_weights(model.get_weights())
+    np.testing.assert_allclose(changed.input, lrp(fresh, x, y, composite="epsilon_plus_flat").input, rtol=1e-6)
+    assert not np.allclose(changed.input, first.input)
+
+
+@pytest.mark.parametrize("bn", ["pass", "canonize"])
+def test_qat_model_uses_quantized_kernels(digits, bn):
+    """On a tf_ecqx QAT model LRP runs on the float computation with the quantized kernels: exactly what the plain
+    model from strip() (quantized kernels, float activations) gives; the weight relevance of a zero weight is 0."""
+    model = with_random_statistics(cnn(batch_norm=True))
+    qmodel = tf_ecqx.quantize_model(model, bits=3, lambda_=0.3)
+    x, y = digits
+    quantized = lrp(qmodel, x, y, composite="epsilon_plus_flat", bn=bn)
+    plain = tf_ecqx.strip(qmodel)
+    stripped = lrp(plain, x, y, composite="epsilon_plus_flat", bn=bn)
+    kernel_layers = {layer.name for layer in model.layers if layer.weights and "batch_norm" not in layer.name}
+    assert set(quantized.weights) == kernel_layers
+    zeros = 0
+    np.testing.assert_allclose(quantized.input, stripped.input, rtol=1e-5, atol=1e-6 * np.abs(stripped.input).max())
+    for name, r_w in quantized.weights.items():
+        kernel = plain.get_layer(name).get_weights()[0]
+        assert r_w.shape == kernel.shape
+        np.testing.assert_allclose(r_w, stripped.weights[name], rtol=1e-5, atol=1e-6 * np.abs(r_w).max())
+        assert np.all(r_w[kernel == 0] == 0)
+        zeros += int((kernel == 0).sum())
+    assert zeros > 0  # λ = 0.3 zeroes weights, so the relevances above come from quantized kernels
+    assert not np.allclose(quantized.input, lrp(model, x, y, composite="epsilon_plus_flat", bn=bn).input)
+
+
+# errors --------------------------------------------------------------------------------------------------------------
+
+
+def test_unsupported_layer_is_named():
+    inputs = keras.Input((4, 4, 1))
+    x = layers.UpSampling2D(name="upsample")(inputs)
+    model = keras.Model(inputs, layers.Dense(3)(layers.Flatten()(x)))
+    with pytest.raises(ValueError, match=r"'upsample' \(UpSampling2D\) is not supported"):
+        lrp(model, np.ones((1, 4, 4, 1)))
+
+
+def test_unknown_composite_lists_the_known_ones():
+    with pytest.raises(ValueError, match="epsilon_plus_flat_bn_pass.*lrp.sequential_composite_a"):
+        get_composite("epsilon_plus_flatt")
+    assert {"epsilon", "epsilon_plus", "alpha2_beta1_flat", "lrp.z_plus", "lrp.alpha_1_beta_0"} <= set(COMPOSITES)
+
+
+def test_bad_arguments():
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, layers.Dense(3)(inputs))
+    with pytest.raises(ValueError, match="output='logit'"):
+        lrp(model, np.ones((2, 4)), output="logit")
+    with pytest.raises(ValueError, match="outside"):
+        lrp(model, np.ones((2, 4)), y=[0, 3])
+    with pytest.raises(ValueError, match="expects"):
+        lrp(model, np.ones((2, 5)))
+    with pytest.raises(ValueError, match="bn='fold'"):
+        lrp(model, np.ones((2, 4)), bn="fold")
+    with pytest.raises(ValueError, match="alpha - beta = 1"):
+        AlphaBeta(2.0, 2.0)
+    with pytest.raises(ValueError, match="epsilon must be > 0"):
+        Epsilon(0.0)
+    assert Composite(dense=Flat(), conv=Flat()).rule("dense", first=False) == Flat()

@@ -1,0 +1,88 @@
+"""Composites: which LRP rule each linear layer gets, and how BatchNormalization is treated. Made by name.
+
+Our names follow the ECQx reference (zennit composites); the `lrp.*` names are iNNvestigate's analyzers with the same
+rules and parameters, so that iNNvestigate users feel at home.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tf_ecqx.relevance.rules import AlphaBeta, Epsilon, Flat, Rule, WSquare, ZPlus
+
+BN_MODES = ("pass", "canonize")
+
+
+@dataclass(frozen=True)
+class Composite:
+    """A layer-kind -> rule map.
+
+    dense: rule for Dense layers; conv: for Conv1D/Conv2D/DepthwiseConv2D; first: if set, for every linear layer with no
+    other linear layer between it and the model input (iNNvestigate's input_layer_rule takes the layers fed by the input
+    through Flatten/Reshape/Permute only: the same layers unless pooling or padding comes first).
+    bn: "pass" hands relevance through BatchNormalization unchanged; "canonize" folds each BatchNormalization into the
+    linear layer before it (kernel and bias), so that layer's rule sees BN(z).
+    weight_epsilon: ε of the ε rule that gives the per-weight relevances (ECQX_METHOD.md §6).
+    Rules must be hashable (frozen dataclasses): compiled functions are cached per composite.
+    """
+
+    dense: Rule
+    conv: Rule
+    first: Rule | None = None
+    bn: str = "canonize"
+    weight_epsilon: float = 1e-6
+
+    def __post_init__(self) -> None:
+        if self.bn not in BN_MODES:
+            raise ValueError(f"Composite(bn={self.bn!r}) is not known; use one of {BN_MODES}.")
+        if not self.weight_epsilon > 0:
+            raise ValueError(f"Composite(weight_epsilon={self.weight_epsilon!r}): must be > 0.")
+
+    def rule(self, kind: str, first: bool) -> Rule:
+        """The rule for a linear layer of `kind` ("dense" or "conv"); first = no linear layer upstream."""
+        if first and self.first is not None:
+            return self.first
+        return self.dense if kind == "dense" else self.conv
+
+
+def _uniform(rule: Rule, bn: str = "canonize") -> Composite:
+    return Composite(dense=rule, conv=rule, bn=bn)
+
+
+_PRESET_A = Composite(dense=Epsilon(0.1), conv=AlphaBeta(1.0, 0.0))
+_PRESET_B = Composite(dense=Epsilon(0.1), conv=AlphaBeta(2.0, 1.0))
+
+COMPOSITES: dict[str, Composite] = {
+    # ECQx reference names (ε of zennit: 1e-6; BatchNorm canonized unless the name says bn_pass)
+    "epsilon": _uniform(Epsilon()),
+    "epsilon_plus": Composite(dense=Epsilon(), conv=ZPlus()),
+    "epsilon_plus_flat": Composite(dense=Epsilon(), conv=ZPlus(), first=Flat()),
+    "epsilon_plus_flat_bn_pass": Composite(dense=Epsilon(), conv=ZPlus(), first=Flat(), bn="pass"),
+    "alpha2_beta1": Composite(dense=Epsilon(), conv=AlphaBeta(2.0, 1.0)),
+    "alpha2_beta1_flat": Composite(dense=Epsilon(), conv=AlphaBeta(2.0, 1.0), first=Flat()),
+    "alpha2_beta1_flat_bn_pass": Composite(dense=Epsilon(), conv=AlphaBeta(2.0, 1.0), first=Flat(), bn="pass"),
+    # iNNvestigate analyzer names and parameters (its ε default is 1e-7; its presets use ε = 0.1 for Dense). BatchNorm:
+    # iNNvestigate applies the rule to BN as a layer of its own; we canonize, except for flat and w², where its BN
+    # mapping is the identity, i.e. pass.
+    "lrp.epsilon": _uniform(Epsilon(1e-7)),
+    "lrp.z_plus": _uniform(ZPlus()),
+    "lrp.alpha_1_beta_0": _uniform(AlphaBeta(1.0, 0.0)),
+    "lrp.alpha_2_beta_1": _uniform(AlphaBeta(2.0, 1.0)),
+    "lrp.flat": _uniform(Flat(), bn="pass"),
+    "lrp.w_square": _uniform(WSquare(), bn="pass"),
+    "lrp.sequential_preset_a": _PRESET_A,
+    "lrp.sequential_preset_b": _PRESET_B,
+    "lrp.sequential_composite_a": _PRESET_A,
+    "lrp.sequential_composite_b": _PRESET_B,
+    "lrp.sequential_preset_a_flat": Composite(dense=Epsilon(0.1), conv=AlphaBeta(1.0, 0.0), first=Flat()),
+    "lrp.sequential_preset_b_flat": Composite(dense=Epsilon(0.1), conv=AlphaBeta(2.0, 1.0), first=Flat()),
+}
+
+
+def get_composite(composite: str | Composite) -> Composite:
+    """A Composite, given one or its name; an unknown name raises a ValueError that lists the known ones."""
+    if isinstance(composite, Composite):
+        return composite
+    if composite not in COMPOSITES:
+        raise ValueError(f"Unknown LRP composite {composite!r}; known: {', '.join(COMPOSITES)} (or a Composite).")
+    return COMPOSITES[composite]

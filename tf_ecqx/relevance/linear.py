@@ -1,0 +1,105 @@
+"""The linear layers LRP decomposes (Dense, Conv1D, Conv2D, DepthwiseConv2D) as `Linear` pieces, read at call time.
+
+For a tfmot QAT wrapper the kernel is the wrapper's quantizer output (what the QAT forward uses) and the activation is
+the plain one inside tfmot's activation wrapper: LRP runs on the float computation with quantized kernels.
+BatchNormalization canonization folds BN(z) = s·z + t (inference statistics) into the kernel and bias.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import tensorflow as tf
+from tensorflow_model_optimization.python.core.quantization.keras.quantize_aware_activation import (
+    NoOpActivation,
+    QuantizeAwareActivation,
+)
+
+from tf_ecqx._keras import keras
+from tf_ecqx.relevance.graph import Step
+from tf_ecqx.relevance.rules import Linear
+
+KERNEL_ATTRS = {
+    keras.layers.Dense: "kernel",
+    keras.layers.Conv1D: "kernel",
+    keras.layers.Conv2D: "kernel",
+    keras.layers.DepthwiseConv2D: "depthwise_kernel",
+}
+
+
+def kind(layer: keras.layers.Layer) -> str:
+    """The layer kind a Composite picks the rule by: "dense" or "conv"."""
+    return "dense" if type(layer) is keras.layers.Dense else "conv"
+
+
+def check_linear(layer: keras.layers.Layer) -> None:
+    """Refuse the variants LRP does not implement: grouped and channels_first convolutions."""
+    if getattr(layer, "groups", 1) != 1 or getattr(layer, "data_format", "channels_last") != "channels_last":
+        raise ValueError(
+            f"Layer {layer.name!r} ({type(layer).__name__}) is a grouped or channels_first convolution; not supported."
+        )
+
+
+def weight(step: Step, attr: str) -> tf.Tensor:
+    """The layer weight `attr` as the forward pass uses it: through the wrapper's quantizer if it has one."""
+    if step.wrapper is not None:
+        for variable, quantizer, quantizer_vars in step.wrapper._weight_vars:  # tfmot keeps (var, quantizer, state)
+            if variable.name.split("/")[-1].split(":")[0] == attr:
+                return quantizer(variable, False, quantizer_vars)
+    return tf.convert_to_tensor(getattr(step.layer, attr))
+
+
+def activation(layer: keras.layers.Layer) -> Callable[[tf.Tensor], tf.Tensor]:
+    """The layer's activation without tfmot's fake quantization."""
+    fn = layer.activation
+    if isinstance(fn, QuantizeAwareActivation):
+        fn = fn.activation
+    if fn is None or isinstance(fn, NoOpActivation):
+        return tf.identity
+    return fn
+
+
+def _conv(layer: keras.layers.Layer) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
+    if type(layer) is keras.layers.Dense:
+        return lambda x, k: tf.tensordot(x, k, [[x.shape.rank - 1], [0]]) if x.shape.rank > 2 else tf.matmul(x, k)
+    if type(layer) is keras.layers.DepthwiseConv2D:
+        return lambda x, k: keras.backend.depthwise_conv2d(
+            x,
+            k,
+            strides=layer.strides,
+            padding=layer.padding,
+            dilation_rate=layer.dilation_rate,
+            data_format=layer.data_format,
+        )
+    if layer.padding == "causal":
+        return lambda x, k: layer.convolution_op(tf.pad(x, layer._compute_causal_padding(x)), k)
+    return layer.convolution_op
+
+
+def linear(step: Step) -> Linear:
+    """z = conv(x, kernel) + bias of a linear step (channels last, so the bias broadcasts)."""
+    layer = step.layer
+    bias = weight(step, "bias") if layer.use_bias else None
+    return Linear(_conv(layer), weight(step, KERNEL_ATTRS[type(layer)]), bias)
+
+
+def fold_batch_norm(op: Linear, linear_step: Step, bn_step: Step, rank: int) -> Linear:
+    """The linear op followed by the (inference-mode) BatchNormalization of bn_step, as one linear op."""
+    bn, layer = bn_step.layer, linear_step.layer
+    axes = [a % rank for a in (bn.axis if isinstance(bn.axis, (list, tuple)) else [bn.axis])]
+    if axes != [rank - 1]:
+        raise ValueError(
+            f"BatchNormalization {bn.name!r} normalises axes {axes}, not the channel axis {rank - 1} of "
+            f"{layer.name!r}: it cannot be canonized; use bn='pass'."
+        )
+    variance = weight(bn_step, "moving_variance")
+    scale = tf.math.rsqrt(variance + bn.epsilon)
+    if bn.scale:
+        scale *= weight(bn_step, "gamma")
+    shift = -weight(bn_step, "moving_mean") * scale
+    if bn.center:
+        shift += weight(bn_step, "beta")
+    # a depthwise kernel (h, w, in, multiplier) has output channel in * multiplier + m
+    kernel_scale = tf.reshape(scale, op.kernel.shape[-2:]) if type(layer) is keras.layers.DepthwiseConv2D else scale
+    bias = shift if op.bias is None else op.bias * scale + shift
+    return Linear(op.conv, op.kernel * kernel_scale, bias)

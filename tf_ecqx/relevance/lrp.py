@@ -1,0 +1,297 @@
+"""lrp(): input and per-weight LRP relevances of a tf_keras model or a tf_ecqx QAT model, compiled with tf.function.
+
+The reverse pass walks the model's layer graph backwards (graph.py). Linear layers use the composite's rule; the other
+layers are handled as iNNvestigate 2.1.2 handles them:
+- pass-through: activation layers (and activations inside Dense/Conv: rules use the pre-activation z), Dropout,
+  BatchNormalization (bn="pass"), tfmot QuantizeLayer. With bn="canonize" each BatchNormalization is folded into the
+  linear layer before it, forward pass included (like zennit's MergeBatchNorm canonizer), and then passes relevance;
+- gradient (relevance routed like the gradient): MaxPooling, GlobalMaxPooling (winner takes all), Flatten, Reshape,
+  Permute, ZeroPadding (crop), Cropping, Concatenate (split back);
+- proportional (z rule, R_i = x_i · R / Σ x): Add, AveragePooling, GlobalAveragePooling.
+Defined differently from iNNvestigate, on purpose: `keras.layers.ReLU` passes relevance unchanged like every other
+activation (iNNvestigate sends it through the ReLU gradient, which only matters where a flat/w² rule put relevance on a
+dead unit), and BatchNormalization is passed or canonized (iNNvestigate applies the layer rule to BN as its own layer,
+with the scale 1/sqrt(var² + eps) instead of 1/sqrt(var + eps)).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import weakref
+from typing import Any, NamedTuple
+
+import numpy as np
+import tensorflow as tf
+from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import QuantizeLayer
+
+from tf_ecqx._keras import keras
+from tf_ecqx.relevance.composites import Composite, get_composite
+from tf_ecqx.relevance.graph import Graph, Step, trace
+from tf_ecqx.relevance.linear import KERNEL_ATTRS, activation, check_linear, fold_batch_norm, kind, linear
+from tf_ecqx.relevance.rules import Linear, Pass, Rule, safe_divide, stabilize
+
+OUTPUTS = ("output", "ones", "probability")
+
+layers = keras.layers
+PASS_LAYERS = (
+    layers.Activation,
+    layers.ReLU,
+    layers.LeakyReLU,
+    layers.ELU,
+    layers.Dropout,
+    layers.SpatialDropout1D,
+    layers.SpatialDropout2D,
+    layers.BatchNormalization,
+    QuantizeLayer,
+)
+GRADIENT_LAYERS = (
+    layers.MaxPooling1D,
+    layers.MaxPooling2D,
+    layers.GlobalMaxPooling1D,
+    layers.GlobalMaxPooling2D,
+    layers.Flatten,
+    layers.Reshape,
+    layers.Permute,
+    layers.ZeroPadding1D,
+    layers.ZeroPadding2D,
+    layers.Cropping1D,
+    layers.Cropping2D,
+    layers.Concatenate,
+)
+PROPORTIONAL_LAYERS = (
+    layers.Add,
+    layers.AveragePooling1D,
+    layers.AveragePooling2D,
+    layers.GlobalAveragePooling1D,
+    layers.GlobalAveragePooling2D,
+)
+MERGE_LAYERS = (layers.Add, layers.Concatenate)
+SUPPORTED = (*KERNEL_ATTRS, *PASS_LAYERS, *GRADIENT_LAYERS, *PROPORTIONAL_LAYERS)
+
+
+class Relevances(NamedTuple):
+    """input: relevance of each input value, shaped like x. weights: layer name -> relevance of each kernel weight
+    (ε rule, summed over the batch and positions), shaped like the kernel; QAT models use the inner layer names."""
+
+    input: np.ndarray
+    weights: dict[str, np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """What the reverse pass does at each linear step: its rule, and the BatchNormalization step folded into it."""
+
+    graph: Graph
+    rules: dict[int, Rule]
+    folded: dict[int, int]
+
+
+def _plan(graph: Graph, composite: Composite) -> _Plan:
+    producer = {step.output: index for index, step in enumerate(graph.steps)}
+    after_linear: set[str] = set()  # tensors with a linear layer upstream
+    rules: dict[int, Rule] = {}
+    folded: dict[int, int] = {}
+    for index, step in enumerate(graph.steps):
+        layer = step.layer
+        if type(layer) not in SUPPORTED:
+            names = ", ".join(sorted({cls.__name__ for cls in SUPPORTED}))
+            raise ValueError(
+                f"Layer {layer.name!r} ({type(layer).__name__}) is not supported by LRP; supported layers: {names}."
+            )
+        if type(layer) in KERNEL_ATTRS:
+            check_linear(layer)
+            rules[index] = composite.rule(kind(layer), first=not any(i in after_linear for i in step.inputs))
+        if type(layer) in KERNEL_ATTRS or any(i in after_linear for i in step.inputs):
+            after_linear.add(step.output)
+        if type(layer) is layers.BatchNormalization and composite.bn == "canonize":
+            folded[_foldable_into(graph, producer, step)] = index
+    return _Plan(graph, rules, folded)
+
+
+def _foldable_into(graph: Graph, producer: dict[str, int], bn_step: Step) -> int:
+    """Index of the linear step whose output only this BatchNormalization reads, or a ValueError saying why not."""
+    source = producer.get(bn_step.inputs[0])
+    before = graph.steps[source].layer if source is not None else None
+    if (
+        before is None
+        or type(before) not in KERNEL_ATTRS
+        or activation(before) not in (tf.identity, keras.activations.linear)
+        or graph.readers[bn_step.inputs[0]] != 1
+    ):
+        follows = f"{before.name!r} ({type(before).__name__})" if before is not None else "the model input"
+        raise ValueError(
+            f"BatchNormalization {bn_step.layer.name!r} follows {follows}, not a Dense/Conv layer without activation "
+            "whose output only it reads: it cannot be canonized; use bn='pass' or a *_bn_pass composite."
+        )
+    return source
+
+
+def _call(step: Step, xs: list[tf.Tensor]) -> tf.Tensor:
+    """Forward of a step without kernel (activations in float: tfmot's fake quantization is left out)."""
+    layer = step.layer
+    if type(layer) is QuantizeLayer:
+        return xs[0]
+    if type(layer) is layers.Activation:
+        return activation(layer)(xs[0])
+    return layer(xs if isinstance(layer, MERGE_LAYERS) else xs[0], training=False)
+
+
+def _forward(plan: _Plan, x: tf.Tensor) -> tuple[dict[str, tf.Tensor], dict[int, Linear]]:
+    """Every tensor of the model for input x, and the Linear op of every linear step (read once, reused backwards).
+
+    A canonized BatchNormalization is part of its linear step's op, and identity as a step of its own.
+    """
+    graph = plan.graph
+    values = {graph.input: x}
+    ops: dict[int, Linear] = {}
+    folded_bn = set(plan.folded.values())
+    for index, step in enumerate(graph.steps):
+        xs = [values[i] for i in step.inputs]
+        if index in plan.rules:
+            ops[index] = linear(step)
+            if index in plan.folded:
+                ops[index] = fold_batch_norm(ops[index], step, graph.steps[plan.folded[index]], xs[0].shape.rank)
+            values[step.output] = activation(step.layer)(ops[index].z(xs[0]))
+        elif index in folded_bn:
+            values[step.output] = xs[0]
+        else:
+            values[step.output] = _call(step, xs)
+    return values, ops
+
+
+def _gradient(step: Step, xs: list[tf.Tensor], r: tf.Tensor) -> list[tf.Tensor]:
+    with tf.GradientTape() as tape:
+        tape.watch(xs)
+        y = _call(step, xs)
+    return tape.gradient(y, xs, output_gradients=r)
+
+
+def _proportional(step: Step, xs: list[tf.Tensor], r: tf.Tensor) -> list[tf.Tensor]:
+    with tf.GradientTape() as tape:
+        tape.watch(xs)
+        z = _call(step, xs)
+    return [x * g for x, g in zip(xs, tape.gradient(z, xs, output_gradients=safe_divide(r, z)), strict=True)]
+
+
+def _weight_relevance(op: Linear, a: tf.Tensor, r: tf.Tensor, epsilon: float) -> tf.Tensor:
+    """R_W = W ⊙ ∂/∂W [Σ z(W) ⊙ stop_gradient(R / stab(z))], summed over the batch and positions."""
+    with tf.GradientTape() as tape:
+        tape.watch(op.kernel)
+        z = op.z(a)
+    return op.kernel * tape.gradient(z, op.kernel, output_gradients=r / stabilize(z, epsilon))
+
+
+def _backward(
+    plan: _Plan, values: dict[str, tf.Tensor], ops: dict[int, Linear], r_out: tf.Tensor, weight_epsilon: float
+) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+    graph = plan.graph
+    relevance = {graph.output: r_out}
+    weights: dict[str, tf.Tensor] = {}
+    for index in reversed(range(len(graph.steps))):
+        step = graph.steps[index]
+        r = relevance.pop(step.output, None)
+        if r is None:  # the step does not reach the output
+            continue
+        xs = [values[i] for i in step.inputs]
+        if index in plan.rules:
+            r_in = [plan.rules[index](ops[index], xs[0], r)]
+            name = step.layer.name
+            r_w = _weight_relevance(ops[index], xs[0], r, weight_epsilon)
+            weights[name] = weights[name] + r_w if name in weights else r_w
+        elif isinstance(step.layer, PASS_LAYERS):
+            r_in = [Pass()(None, xs[0], r)]
+        elif isinstance(step.layer, GRADIENT_LAYERS):
+            r_in = _gradient(step, xs, r)
+        else:
+            r_in = _proportional(step, xs, r)
+        for i, ri in zip(step.inputs, r_in, strict=True):
+            relevance[i] = relevance[i] + ri if i in relevance else ri
+    x = values[graph.input]
+    return relevance.get(graph.input, tf.zeros_like(x)), weights
+
+
+def _output_relevance(logits: tf.Tensor, targets: tf.Tensor, output: str) -> tf.Tensor:
+    """Relevance at the output: the target class's logit / 1 / softmax (other classes 0), divided by the batch size.
+
+    A target of -1 selects the predicted class.
+    """
+    targets = tf.where(targets >= 0, targets, tf.argmax(logits, axis=-1, output_type=tf.int32))
+    mask = tf.one_hot(targets, logits.shape[-1], dtype=logits.dtype)
+    if output == "output":
+        mask *= logits
+    elif output == "probability":
+        mask *= tf.nn.softmax(logits)
+    return mask / tf.cast(tf.shape(logits)[0], logits.dtype)
+
+
+def _compile(model: keras.Model, composite: Composite, output: str) -> Any:
+    graph = trace(model)
+    plan = _plan(graph, composite)
+    x_spec = tf.TensorSpec([None, *model.inputs[0].shape[1:]], model.inputs[0].dtype)
+
+    @tf.function(input_signature=[x_spec, tf.TensorSpec([None], tf.int32)])
+    def run(x: tf.Tensor, targets: tf.Tensor) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+        values, ops = _forward(plan, x)
+        r_out = _output_relevance(values[graph.output], targets, output)
+        return _backward(plan, values, ops, r_out, composite.weight_epsilon)
+
+    return run
+
+
+# model -> {(composite, output): compiled function}; variables are read when the function runs, so weights that
+# change during training give current relevances without retracing.
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def compiled_lrp(model: keras.Model, composite: Composite, output: str) -> Any:
+    """The cached tf.function (x, targets) -> (input relevance, weight relevances) for this model and composite."""
+    per_model = _COMPILED.setdefault(model, {})
+    if (composite, output) not in per_model:
+        per_model[(composite, output)] = _compile(model, composite, output)
+    return per_model[(composite, output)]
+
+
+def _targets(y: Any, batch: int, classes: int) -> np.ndarray:
+    if y is None:
+        return np.full(batch, -1, np.int32)
+    targets = np.asarray(y)
+    if targets.shape != (batch,) or not np.issubdtype(targets.dtype, np.integer):
+        raise ValueError(
+            f"y must hold one integer class per sample, shape ({batch},); got {targets.dtype} {targets.shape}."
+        )
+    if targets.size and (targets.min() < 0 or targets.max() >= classes):
+        raise ValueError(f"y has classes outside [0, {classes}): min {targets.min()}, max {targets.max()}.")
+    return targets.astype(np.int32)
+
+
+def lrp(
+    model: keras.Model,
+    x: Any,
+    y: Any = None,
+    composite: str | Composite = "epsilon_plus_flat_bn_pass",
+    output: str = "output",
+    bn: str | None = None,
+) -> Relevances:
+    """LRP relevances of inputs and kernel weights of `model` (plain tf_keras or tf_ecqx QAT) for the batch x.
+
+    y: target class per sample (None = predicted class). output: what starts the reverse pass at the target class,
+    "output" (logit), "ones" or "probability" (softmax), divided by the batch size (the ECQx reference). The model must
+    output logits, shape (batch, classes). composite: a name from COMPOSITES or a Composite; bn ("pass" or
+    "canonize") overrides its BatchNormalization handling. Repeated calls reuse one compiled function per
+    (model, composite, output) and read the current weights.
+    """
+    composite = get_composite(composite)
+    if bn is not None:
+        composite = dataclasses.replace(composite, bn=bn)
+    if output not in OUTPUTS:
+        raise ValueError(f"output={output!r} is not known; use one of {OUTPUTS}.")
+    run = compiled_lrp(model, composite, output)  # checks the model
+    x = np.asarray(x, dtype=model.inputs[0].dtype.as_numpy_dtype)
+    expected = tuple(model.inputs[0].shape[1:])
+    if x.ndim != len(expected) + 1 or any(e is not None and e != s for e, s in zip(expected, x.shape[1:], strict=True)):
+        raise ValueError(
+            f"x has shape {x.shape}; model {model.name!r} expects (batch, {', '.join(map(str, expected))})."
+        )
+    targets = _targets(y, len(x), model.outputs[0].shape[-1])
+    r_input, r_weights = run(x, targets)
+    return Relevances(r_input.numpy(), {name: r.numpy() for name, r in r_weights.items()})

@@ -80,7 +80,7 @@ def test_a_changed_kernel_is_caught(trained_models, fashion, tmp_path):
         "CONV_2D", 0, "x", np.zeros((16, 3, 3, 1), np.int8) + 1, np.ones(1, np.float32), False
     )
     with pytest.raises(ExportError, match="does not hold its ECQ codes"):
-        tf_ecqx.export.tflite._check_kernel(kernel, tensor)
+        tf_ecqx.export.tflite._check_kernel(kernel, tensor, tensor.values - 1)
 
 
 def test_bad_export_arguments(trained_models, tmp_path):

@@ -5,7 +5,7 @@ qmodel.compile(...); qmodel.fit(...)
 tf_ecqx.summary(qmodel)
 """
 
-from tf_ecqx import datasets
+from tf_ecqx import datasets, export, relevance
 from tf_ecqx.quantization.api import quantize_annotate_layer, quantize_apply, quantize_model, quantize_scope
 from tf_ecqx.quantization.configs import ECQxQuantizeConfig
 from tf_ecqx.quantization.quantizers import ECQxWeightQuantizer
@@ -21,11 +21,13 @@ __all__ = [
     "ECQxWeightQuantizer",
     "LayerStats",
     "datasets",
+    "export",
     "layer_stats",
     "quantize_annotate_layer",
     "quantize_apply",
     "quantize_model",
     "quantize_scope",
+    "relevance",
     "strip",
     "summary",
 ]

@@ -87,11 +87,12 @@ def lambda_max(w: tf.Tensor, codes: tf.Tensor, info: tf.Tensor, grid: Grid) -> t
     )
 
 
-def assignment_costs(w: tf.Tensor, grid: Grid, info: tf.Tensor, lam: tf.Tensor) -> Assignment:
+def assignment_costs(w: tf.Tensor, grid: Grid, info: tf.Tensor, lam: tf.Tensor, foldable: bool = False) -> Assignment:
     """Cost of the zero level and of the cheapest nonzero level for every weight (same shape as w).
 
     C_k(w) = (w - c_k)^2 + lam * I_k. Empty clusters (I = inf) are never chosen; when no nonzero cluster is usable the
-    nonzero cost is +inf.
+    nonzero cost is +inf. foldable=True avoids control flow, so that the TFLite converter can constant-fold the
+    assignment of a frozen kernel into plain int8 filters.
     """
     codes = level_codes(grid)
     levels = tf.cast(codes, tf.float32) * grid.step
@@ -114,7 +115,8 @@ def assignment_costs(w: tf.Tensor, grid: Grid, info: tf.Tensor, lam: tf.Tensor) 
 
     breakpoints = tf.boolean_mask(lower, on_envelope)
     envelope_codes = tf.concat([[0], tf.boolean_mask(codes, on_envelope)], 0)  # slot 0: "no usable level"
-    slot = _count_at_or_below(breakpoints, tf.reshape(w, [-1]))
+    flat = tf.reshape(w, [-1])
+    slot = tf.searchsorted(breakpoints, flat, side="right") if foldable else _count_at_or_below(breakpoints, flat)
     nonzero_code = tf.reshape(tf.gather(envelope_codes, slot), tf.shape(w))
 
     chosen_penalty = tf.gather(penalty, nonzero_code - grid.k_min)
@@ -148,21 +150,29 @@ def choose_codes(assignment: Assignment, zero_cost: tf.Tensor | None = None) -> 
 
 
 def ecq_codes(
-    w: tf.Tensor, grid: Grid, lam: float | tf.Tensor, layer_size_factor: float | tf.Tensor = 1.0
+    w: tf.Tensor,
+    grid: Grid,
+    lam: float | tf.Tensor,
+    layer_size_factor: float | tf.Tensor = 1.0,
+    foldable: bool = False,
 ) -> tf.Tensor:
     """Entropy-constrained codes of kernel w: lam is the user's lambda (0 = nearest level, larger = sparser)."""
     w = tf.convert_to_tensor(w, tf.float32)
-    return choose_codes(ecq_assignment(w, grid, lam, layer_size_factor))
+    return choose_codes(ecq_assignment(w, grid, lam, layer_size_factor, foldable))
 
 
 def ecq_assignment(
-    w: tf.Tensor, grid: Grid, lam: float | tf.Tensor, layer_size_factor: float | tf.Tensor = 1.0
+    w: tf.Tensor,
+    grid: Grid,
+    lam: float | tf.Tensor,
+    layer_size_factor: float | tf.Tensor = 1.0,
+    foldable: bool = False,
 ) -> Assignment:
     """The full ECQ pipeline up to the costs: preliminary codes, zero-biased PMF, layer lambda, costs."""
     preliminary = nearest_codes(w, grid)
     info = information_content(zero_biased_pmf(preliminary, grid))
     layer_lam = tf.cast(lam, tf.float32) * lambda_max(w, preliminary, info, grid) * layer_size_factor
-    return assignment_costs(w, grid, info, layer_lam)
+    return assignment_costs(w, grid, info, layer_lam, foldable)
 
 
 def sparsity(codes: tf.Tensor) -> tf.Tensor:

@@ -100,9 +100,24 @@ def _tflite_layout(codes: np.ndarray, layer: keras.layers.Layer) -> np.ndarray:
     return codes.T
 
 
-def _check_kernel(kernel: QuantizedKernel, tensor: flatbuffer.WeightTensor) -> KernelCheck:
+def _find_filter(kernel: QuantizedKernel, tensors: list[flatbuffer.WeightTensor], expected: np.ndarray):
+    """The converted filter of `kernel`: by layer name in the tensor name, else the one same-shaped filter with the
+    kernel's zero pattern (the converter sometimes names folded constants generically)."""
+    same_shape = [t for t in tensors if t.values is not None and t.values.shape == expected.shape]
+    for candidates in (
+        [t for t in same_shape if f"/{kernel.wrapper.name}/" in t.name],
+        [t for t in same_shape if np.array_equal(t.values == 0, expected == 0)],
+    ):
+        if len(candidates) == 1:
+            return candidates[0]
+    raise ExportError(
+        f"Cannot identify the filter of layer {kernel.layer_name!r} in the converted model ({len(same_shape)} "
+        f"filters of shape {expected.shape}); the converter changed the graph more than tf_ecqx can follow."
+    )
+
+
+def _check_kernel(kernel: QuantizedKernel, tensor: flatbuffer.WeightTensor, expected: np.ndarray) -> KernelCheck:
     layer = kernel.wrapper.layer
-    expected = _tflite_layout(kernel.codes().numpy(), layer)
     stored = tensor.values
     channel_axis = 3 if isinstance(layer, keras.layers.DepthwiseConv2D) else 0
     per_channel = np.moveaxis(stored, channel_axis, 0).reshape(stored.shape[channel_axis], -1)
@@ -124,10 +139,8 @@ def check_kernels(qmodel: keras.Model, model: flatbuffer.schema.ModelT) -> list[
     tensors = flatbuffer.weight_tensors(model)
     checks = []
     for kernel in quantized_kernels(qmodel):
-        matches = [t for t in tensors if f"/{kernel.wrapper.name}/" in t.name and t.values is not None]
-        if len(matches) != 1:
-            raise ExportError(f"Found {len(matches)} filters for layer {kernel.layer_name!r} in the converted model.")
-        checks.append(_check_kernel(kernel, matches[0]))
+        expected = _tflite_layout(kernel.codes().numpy(), kernel.wrapper.layer)
+        checks.append(_check_kernel(kernel, _find_filter(kernel, tensors, expected), expected))
     return checks
 
 

@@ -16,6 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+import tensorflow_model_optimization as tfmot  # noqa: E402
 
 import tf_ecqx  # noqa: E402
 from tf_ecqx._keras import keras  # noqa: E402
@@ -51,7 +52,7 @@ def sparsity_and_entropy(qmodel: keras.Model) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["demo_cnn", "mlp"])
-    parser.add_argument("--bits", nargs="+", type=int, default=[2, 3, 4, 5])
+    parser.add_argument("--bits", nargs="*", type=int, default=[2, 3, 4, 5], help="none: timing only")
     parser.add_argument("--lambdas", nargs="+", type=float, default=[0.1, 0.3])
     parser.add_argument("--epochs", type=int, default=1, help="ECQ fine-tuning epochs per point")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -87,17 +88,22 @@ def main() -> None:
         x, y = train.x[: args.batch_size], train.y[: args.batch_size]
         timed = {
             "float": compile_for_classification(keras.models.clone_model(model)),
+            "tfmot int8 QAT": compile_for_classification(tfmot.quantization.keras.quantize_model(model)),
             "ECQ 4-bit": compile_for_classification(tf_ecqx.quantize_model(model, bits=4, lambda_=0.2)),
         }
         times = step_seconds(timed, x, y, args.timing_steps, args.timing_repeats)
-        ratios = [e / f for e, f in zip(times["ECQ 4-bit"], times["float"])]
         print(
             f"\n{name} train step, batch {args.batch_size}, {args.timing_repeats} interleaved repeats of "
-            f"{args.timing_steps} steps: float median {1e3 * statistics.median(times['float']):.2f} ms, "
-            f"ECQ median {1e3 * statistics.median(times['ECQ 4-bit']):.2f} ms; ratio ECQ/float "
-            f"min {min(ratios):.2f} median {statistics.median(ratios):.2f} max {max(ratios):.2f}",
-            flush=True,
+            f"{args.timing_steps} steps:"
         )
+        for label in ("tfmot int8 QAT", "ECQ 4-bit"):
+            ratios = [t / f for t, f in zip(times[label], times["float"])]
+            print(
+                f"  {label}: median {1e3 * statistics.median(times[label]):.2f} ms vs float "
+                f"{1e3 * statistics.median(times['float']):.2f} ms; ratio to float min {min(ratios):.2f} "
+                f"median {statistics.median(ratios):.2f} max {max(ratios):.2f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

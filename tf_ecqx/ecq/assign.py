@@ -178,10 +178,3 @@ def ecq_assignment(
 def sparsity(codes: tf.Tensor) -> tf.Tensor:
     """Fraction of zero codes."""
     return tf.reduce_mean(tf.cast(tf.equal(codes, 0), tf.float32))
-
-
-def code_entropy(codes: tf.Tensor) -> tf.Tensor:
-    """Empirical entropy of the code distribution in bits per weight."""
-    _, _, counts = tf.unique_with_counts(tf.reshape(codes, [-1]))
-    p = tf.cast(counts, tf.float32) / tf.cast(tf.size(codes), tf.float32)
-    return -tf.reduce_sum(p * tf.math.log(p)) / tf.math.log(2.0)

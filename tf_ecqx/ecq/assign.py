@@ -16,7 +16,6 @@ from tf_ecqx.ecq.grid import Grid
 
 ZERO_PRIOR = 0.5
 SIZE_DECAY_OFFSET = 0.05
-FEW_BREAKPOINTS = 32
 
 
 class Assignment(NamedTuple):
@@ -87,12 +86,12 @@ def lambda_max(w: tf.Tensor, codes: tf.Tensor, info: tf.Tensor, grid: Grid) -> t
     )
 
 
-def assignment_costs(w: tf.Tensor, grid: Grid, info: tf.Tensor, lam: tf.Tensor, foldable: bool = False) -> Assignment:
+def assignment_costs(w: tf.Tensor, grid: Grid, info: tf.Tensor, lam: tf.Tensor) -> Assignment:
     """Cost of the zero level and of the cheapest nonzero level for every weight (same shape as w).
 
     C_k(w) = (w - c_k)^2 + lam * I_k. Empty clusters (I = inf) are never chosen; when no nonzero cluster is usable the
-    nonzero cost is +inf. foldable=True avoids control flow, so that the TFLite converter can constant-fold the
-    assignment of a frozen kernel into plain int8 filters.
+    nonzero cost is +inf. No control flow: the TFLite converter must constant-fold the assignment of a frozen
+    kernel into plain int8 filters.
     """
     codes = level_codes(grid)
     levels = tf.cast(codes, tf.float32) * grid.step
@@ -115,8 +114,7 @@ def assignment_costs(w: tf.Tensor, grid: Grid, info: tf.Tensor, lam: tf.Tensor, 
 
     breakpoints = tf.boolean_mask(lower, on_envelope)
     envelope_codes = tf.concat([[0], tf.boolean_mask(codes, on_envelope)], 0)  # slot 0: "no usable level"
-    flat = tf.reshape(w, [-1])
-    slot = tf.searchsorted(breakpoints, flat, side="right") if foldable else _count_at_or_below(breakpoints, flat)
+    slot = tf.searchsorted(breakpoints, tf.reshape(w, [-1]), side="right")
     nonzero_code = tf.reshape(tf.gather(envelope_codes, slot), tf.shape(w))
 
     chosen_penalty = tf.gather(penalty, nonzero_code - grid.k_min)
@@ -124,23 +122,6 @@ def assignment_costs(w: tf.Tensor, grid: Grid, info: tf.Tensor, lam: tf.Tensor, 
     nonzero_cost = tf.where(tf.equal(nonzero_code, 0), float("inf"), tf.square(w - chosen_level) + chosen_penalty)
     zero_cost = tf.square(w) + tf.gather(penalty, -grid.k_min)
     return Assignment(zero_cost=zero_cost, nonzero_cost=nonzero_cost, nonzero_code=nonzero_code)
-
-
-def _count_at_or_below(breakpoints: tf.Tensor, values: tf.Tensor) -> tf.Tensor:
-    """For each value, how many of the sorted breakpoints are <= it.
-
-    With few breakpoints (the usual envelope at 2-5 bit) one vectorised comparison per breakpoint is several times
-    faster on CPU than `searchsorted`'s per-element binary search; with many, the binary search wins.
-    """
-    return tf.cond(
-        tf.size(breakpoints) <= FEW_BREAKPOINTS,
-        lambda: tf.foldl(
-            lambda count, b: count + tf.cast(values >= b, tf.int32),
-            breakpoints,
-            initializer=tf.zeros_like(values, tf.int32),
-        ),
-        lambda: tf.searchsorted(breakpoints, values, side="right"),
-    )
 
 
 def choose_codes(assignment: Assignment, zero_cost: tf.Tensor | None = None) -> tf.Tensor:
@@ -154,11 +135,10 @@ def ecq_codes(
     grid: Grid,
     lam: float | tf.Tensor,
     layer_size_factor: float | tf.Tensor = 1.0,
-    foldable: bool = False,
 ) -> tf.Tensor:
     """Entropy-constrained codes of kernel w: lam is the user's lambda (0 = nearest level, larger = sparser)."""
     w = tf.convert_to_tensor(w, tf.float32)
-    return choose_codes(ecq_assignment(w, grid, lam, layer_size_factor, foldable))
+    return choose_codes(ecq_assignment(w, grid, lam, layer_size_factor))
 
 
 def ecq_assignment(
@@ -166,13 +146,12 @@ def ecq_assignment(
     grid: Grid,
     lam: float | tf.Tensor,
     layer_size_factor: float | tf.Tensor = 1.0,
-    foldable: bool = False,
 ) -> Assignment:
     """The full ECQ pipeline up to the costs: preliminary codes, zero-biased PMF, layer lambda, costs."""
     preliminary = nearest_codes(w, grid)
     info = information_content(zero_biased_pmf(preliminary, grid))
     layer_lam = tf.cast(lam, tf.float32) * lambda_max(w, preliminary, info, grid) * layer_size_factor
-    return assignment_costs(w, grid, info, layer_lam, foldable)
+    return assignment_costs(w, grid, info, layer_lam)
 
 
 def sparsity(codes: tf.Tensor) -> tf.Tensor:

@@ -98,17 +98,13 @@ class ECQxWeightQuantizer(tfmot_quantizers.Quantizer):
         weights["k_max"].assign(tf.cast(grid.k_max, tf.float32))
         weights["size_factor"].assign(size_factor)
 
-    def codes(self, kernel: tf.Tensor, weights: dict[str, tf.Variable], foldable: bool = True) -> tf.Tensor:
-        """Integer codes k* of the kernel under the current assignment.
-
-        The training graph takes the faster lookup; the inference graph (what the TFLite converter freezes) must be
-        free of control flow so that the converter folds it into constant int8 filters.
-        """
-        return assign.ecq_codes(kernel, self.grid(weights), self.lambda_, weights["size_factor"], foldable)
+    def codes(self, kernel: tf.Tensor, weights: dict[str, tf.Variable]) -> tf.Tensor:
+        """Integer codes k* of the kernel under the current assignment."""
+        return assign.ecq_codes(kernel, self.grid(weights), self.lambda_, weights["size_factor"])
 
     def __call__(self, inputs: tf.Tensor, training: bool, weights: dict[str, tf.Variable], **kwargs: Any) -> tf.Tensor:
         grid = self.grid(weights)
-        w_q = tf.cast(self.codes(inputs, weights, foldable=not training), inputs.dtype) * grid.step
+        w_q = tf.cast(self.codes(inputs, weights), inputs.dtype) * grid.step
         w_q = straight_through(inputs, w_q, self.gradient)
         # Pins the int8 TFLite export to scale = step, so the stored int8 values are exactly the codes.
         limit = INT8_NARROW_MAX * grid.step

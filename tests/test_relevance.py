@@ -123,6 +123,7 @@ def test_epsilon_conserves_relevance_without_biases(digits, relu):
 @pytest.mark.parametrize("output", ["ones", "probability"])
 def test_output_modes(digits, output):
     """Output relevance of the target class (1 or its softmax), divided by the batch size, is conserved to the input."""
+    keras.utils.set_random_seed(0)  # an unlucky init can leave a sample with no active path to its target
     model = cnn(use_bias=False)
     x, y = digits
     relevances = lrp(model, x, y, composite=TINY_EPSILON, output=output)

@@ -5,6 +5,7 @@ import pytest
 from conftest import small_cnn
 
 import tf_ecqx
+from tf_ecqx._keras import keras
 from tf_ecqx.export import ExportError, flatbuffer, to_tflite
 from tf_ecqx.export.runtimes import run_litert, run_tflm
 from tf_ecqx.models import compile_for_classification, demo_cnn
@@ -116,3 +117,23 @@ def test_size_table_lists_every_artifact_measured_from_the_written_files(trained
     assert rows["bitstream (quantized kernels)"].bytes < rows["sparse int8 TFLite, gzip -9"].bytes
     assert rows["sparse int8 TFLite"].bytes <= rows["int8 TFLite"].bytes < rows["float32 TFLite"].bytes
     assert "vs float32" in format_size_table(list(rows.values()))
+
+
+def test_sparse_storage_is_kept_only_where_it_is_smaller(fashion, tmp_path):
+    """CSR costs a 16-bit index per nonzero int8 value: filters below ~2/3 sparsity are stored densely."""
+    train, test = fashion
+    keras.utils.set_random_seed(0)
+    model = compile_for_classification(demo_cnn())
+    model.fit(train.x[:4096], train.y[:4096], batch_size=64, epochs=1, verbose=0)
+    qmodel = compile_for_classification(tf_ecqx.quantize_model(model, bits=4, lambda_=0.8))
+    qmodel.fit(train.x[4096:8192], train.y[4096:8192], batch_size=64, epochs=1, verbose=0)
+    sparsity = {s.name: s.sparsity for s in tf_ecqx.layer_stats(qmodel)}
+    dense = to_tflite(qmodel, tmp_path / "d.tflite", train.x[:100], sparse=False, verification_data=test.x[:100])
+    sparse = to_tflite(qmodel, tmp_path / "s.tflite", train.x[:100], sparse=True, verification_data=test.x[:100])
+    stored_sparse = {t.name for t in flatbuffer.weight_tensors(flatbuffer.load(sparse.path.read_bytes())) if t.sparse}
+    assert any("quant_fc1" in name for name in stored_sparse) and sparsity["fc1"] > 2 / 3
+    assert sparse.bytes < 0.5 * dense.bytes
+    np.testing.assert_array_equal(
+        run_litert(dense.path.read_bytes(), test.x[:100], builtin_only=True)[0],
+        run_litert(sparse.path.read_bytes(), test.x[:100], builtin_only=True)[0],
+    )

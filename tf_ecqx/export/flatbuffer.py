@@ -74,6 +74,43 @@ def count_ops(model: schema.ModelT, name: str) -> int:
     return sum(op_name(model, op) == name for op in model.subgraphs[0].operators)
 
 
+def _sparse_bytes(model: schema.ModelT, tensor: schema.TensorT) -> int:
+    """Stored bytes of a sparse tensor: its values plus the CSR index and segment arrays."""
+    total = len(model.buffers[tensor.buffer].data)
+    for dim in tensor.sparsity.dimMetadata:
+        for vector in (dim.arraySegments, dim.arrayIndices):
+            if vector is not None:
+                total += np.asarray(vector.values).nbytes
+    return total
+
+
+def densify_unprofitable(sparse: schema.ModelT, dense: schema.ModelT) -> list[str]:
+    """Store densely every sparse filter whose CSR encoding is not smaller than its dense bytes; returns their names.
+
+    CSR stores a 16-bit index per nonzero int8 value, so it only pays above about two-thirds sparsity; the converter
+    sparsifies from lower sparsity on. The dense values come from the dense conversion of the same model (filters are
+    matched by operator order and shape), and the DENSIFY operator in front of such a filter is removed.
+    """
+    graph = sparse.subgraphs[0]
+    sparse_filters, dense_filters = weight_tensors(sparse), weight_tensors(dense)
+    if [(f.op, f.scales.size) for f in sparse_filters] != [(f.op, f.scales.size) for f in dense_filters]:
+        raise ValueError("the sparse and dense conversions have different weight operators")
+    densified = []
+    for sparse_filter, dense_filter in zip(sparse_filters, dense_filters):
+        tensor = graph.tensors[sparse_filter.index]
+        if not sparse_filter.sparse or _sparse_bytes(sparse, tensor) < dense_filter.values.nbytes:
+            continue
+        tensor.sparsity = None
+        sparse.buffers[tensor.buffer].data = dense_filter.values.tobytes()
+        for densify in [op for op in graph.operators if op_name(sparse, op) == "DENSIFY"]:
+            if densify.inputs[0] == sparse_filter.index:
+                for op in graph.operators:
+                    op.inputs = [sparse_filter.index if i == densify.outputs[0] else i for i in op.inputs]
+                graph.operators.remove(densify)
+        densified.append(sparse_filter.name)
+    return densified
+
+
 def detach_densified_int8_weights(model: schema.ModelT) -> list[str]:
     """Put an identity RESHAPE between each int8 DENSIFY and its consumers; returns the tensors it did this for.
 

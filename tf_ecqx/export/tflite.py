@@ -220,10 +220,13 @@ def to_tflite(
         data = dense
         if sparse:
             sparse_model = flatbuffer.load(_convert(qmodel, calibration, sparse=True, float_io=float_io))
+            kept_dense = flatbuffer.densify_unprofitable(sparse_model, flatbuffer.load(dense))
+            if kept_dense:
+                notes.append(f"stored densely, CSR would be larger (below ~2/3 sparsity): {kept_dense}")
             detached = flatbuffer.detach_densified_int8_weights(sparse_model)
             data = flatbuffer.dump(sparse_model)
             stored = [t.name for t in flatbuffer.weight_tensors(sparse_model) if t.sparse]
-            notes.append(f"sparse filters: {stored or 'none (the converter found no tensor sparse enough)'}")
+            notes.append(f"sparse filters: {stored or 'none'}")
             if detached:
                 notes.append(
                     "int8 DENSIFY outputs fed through an identity RESHAPE so that LiteRT's default XNNPACK "

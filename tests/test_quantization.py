@@ -9,6 +9,7 @@ import tf_ecqx
 from tf_ecqx._keras import keras
 from tf_ecqx.models import compile_for_classification
 from tf_ecqx.quantization.api import quantized_kernels
+from tf_ecqx.report import model_totals
 
 
 def assert_on_grid(qmodel: keras.Model) -> None:
@@ -44,7 +45,7 @@ def test_sparsity_rises_with_lambda_after_training(fashion_small):
         qmodel.fit(train.x, train.y, batch_size=64, epochs=1, verbose=0)
         assert_on_grid(qmodel)
         stats = tf_ecqx.layer_stats(qmodel)
-        sparsities.append(sum(s.sparsity * s.n_weights for s in stats) / sum(s.n_weights for s in stats))
+        sparsities.append(model_totals(stats).sparsity)
     assert sparsities[0] < sparsities[1] < sparsities[2]
 
 

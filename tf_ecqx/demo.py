@@ -12,7 +12,7 @@ from tf_ecqx.ecq.grid import check_bits
 from tf_ecqx.models import compile_for_classification, trained_float_model
 from tf_ecqx.quantization.api import quantize_model
 from tf_ecqx.quantization.quantizers import check_lambda
-from tf_ecqx.report import format_layer_table, layer_stats
+from tf_ecqx.report import format_layer_table, layer_stats, model_totals
 from tf_ecqx.sizes import format_size_table, size_table
 
 
@@ -57,8 +57,7 @@ def run_demo(
         f"(float {float_accuracy:.4f}, change {100 * (ecq_accuracy - float_accuracy):+.2f} pp)"
     )
     print(format_layer_table(stats))
-    zeros = sum(s.sparsity * s.n_weights for s in stats) / sum(s.n_weights for s in stats)
-    result = {"float_accuracy": float_accuracy, "ecq_accuracy": ecq_accuracy, "sparsity": zeros}
+    result = {"float_accuracy": float_accuracy, "ecq_accuracy": ecq_accuracy, "sparsity": model_totals(stats).sparsity}
     if output_dir is not None:
         print(f"\nExporting to {output_dir}/ (TFLite for LiteRT and TFLM, bitstream), each verified in its runtime:")
         rows = size_table(qmodel, train.x[:200], output_dir)

@@ -57,6 +57,24 @@ def layer_stats(qmodel: keras.Model) -> list[LayerStats]:
     return records
 
 
+@dataclass(frozen=True)
+class ModelTotals:
+    """Totals over all quantized kernels: weights, fraction of zero codes, mean entropy, bytes at the entropy bound."""
+
+    n_weights: int
+    sparsity: float
+    entropy: float
+    entropy_bytes: float
+
+
+def model_totals(stats: list[LayerStats]) -> ModelTotals:
+    """Weight-averaged sparsity and entropy of a model's quantized kernels."""
+    total = sum(s.n_weights for s in stats)
+    bound = sum(s.entropy_bytes for s in stats)
+    zeros = sum(s.sparsity * s.n_weights for s in stats)
+    return ModelTotals(total, zeros / max(total, 1), 8 * bound / max(total, 1), bound)
+
+
 def format_layer_table(stats: list[LayerStats]) -> str:
     """A fixed-width table of layer statistics with a total row (size at the entropy bound vs float32)."""
     header = f"{'layer':<24}{'bits':>5}{'weights':>10}{'sparsity':>10}{'entropy':>9}{'codes':>7}{'bytes@H':>10}"
@@ -66,14 +84,13 @@ def format_layer_table(stats: list[LayerStats]) -> str:
             f"{s.name:<24}{s.bits:>5}{s.n_weights:>10}{s.sparsity:>10.1%}{s.entropy:>9.3f}"
             f"{s.distinct_codes:>7}{s.entropy_bytes:>10.0f}"
         )
-    total = sum(s.n_weights for s in stats)
-    if total:
-        zeros = sum(s.sparsity * s.n_weights for s in stats) / total
-        bound = sum(s.entropy_bytes for s in stats)
+    totals = model_totals(stats)
+    if totals.n_weights:
         rows.append("-" * len(header))
         rows.append(
-            f"{'total':<24}{'':>5}{total:>10}{zeros:>10.1%}{8 * bound / total:>9.3f}{'':>7}{bound:>10.0f}"
-            f"   ({4 * total / max(bound, 1):.0f}x smaller than float32 kernels)"
+            f"{'total':<24}{'':>5}{totals.n_weights:>10}{totals.sparsity:>10.1%}{totals.entropy:>9.3f}{'':>7}"
+            f"{totals.entropy_bytes:>10.0f}   ({4 * totals.n_weights / max(totals.entropy_bytes, 1):.0f}x smaller "
+            "than float32 kernels)"
         )
     return "\n".join(rows)
 

@@ -22,6 +22,7 @@ import tf_ecqx  # noqa: E402
 from tf_ecqx._keras import keras  # noqa: E402
 from tf_ecqx.datasets import fashion_mnist  # noqa: E402
 from tf_ecqx.models import compile_for_classification, trained_float_model  # noqa: E402
+from tf_ecqx.report import model_totals  # noqa: E402
 
 
 def step_seconds(models: dict[str, keras.Model], x: np.ndarray, y: np.ndarray, steps: int, repeats: int) -> dict:
@@ -41,12 +42,6 @@ def step_seconds(models: dict[str, keras.Model], x: np.ndarray, y: np.ndarray, s
                 train_function(batch)
             times[name].append((time.perf_counter() - start) / steps)
     return times
-
-
-def sparsity_and_entropy(qmodel: keras.Model) -> tuple[float, float]:
-    stats = tf_ecqx.layer_stats(qmodel)
-    total = sum(s.n_weights for s in stats)
-    return (sum(s.sparsity * s.n_weights for s in stats) / total, sum(s.entropy * s.n_weights for s in stats) / total)
 
 
 def main() -> None:
@@ -78,7 +73,8 @@ def main() -> None:
                 qmodel = compile_for_classification(tf_ecqx.quantize_model(model, bits=bits, lambda_=lam))
                 qmodel.fit(train.as_dataset(args.batch_size, shuffle=True), epochs=args.epochs, verbose=0)
                 accuracy = qmodel.evaluate(test.as_dataset(512), verbose=0)[1]
-                sparsity, entropy = sparsity_and_entropy(qmodel)
+                totals = model_totals(tf_ecqx.layer_stats(qmodel))
+                sparsity, entropy = totals.sparsity, totals.entropy
                 print(
                     f"| {bits} | {lam} | {accuracy:.4f} | {100 * (accuracy - float_accuracy):+.2f} | "
                     f"{sparsity:.1%} | {entropy:.3f} |",

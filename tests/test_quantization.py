@@ -96,6 +96,7 @@ def test_strip_gives_a_plain_model_with_original_names_and_quantized_kernels(fas
     plain = tf_ecqx.strip(qmodel)
     assert [layer.name for layer in plain.layers] == [layer.name for layer in model.layers]
     assert all("quantiz" not in type(layer).__name__.lower() for layer in plain.layers)
+    assert "tensorflow_model_optimization" not in plain.to_json()  # no tfmot activation left (BN after conv nests two)
     for kernel in quantized_kernels(qmodel):
         stripped = plain.get_layer(kernel.layer_name)
         weight = stripped.depthwise_kernel if hasattr(stripped, "depthwise_kernel") else stripped.kernel

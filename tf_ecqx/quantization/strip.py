@@ -17,7 +17,7 @@ def _plain_activation(activation: Any) -> Any:
         if activation.get("class_name") == "NoOpActivation":
             return "linear"
         if activation.get("class_name") == "QuantizeAwareActivation":
-            return activation["config"]["activation"]
+            return _plain_activation(activation["config"]["activation"])  # may wrap a NoOpActivation
     return activation
 
 

@@ -13,9 +13,11 @@ from typing import NamedTuple
 import tensorflow as tf
 
 from tf_ecqx.ecq.grid import Grid
+from tf_ecqx.ecq.order import kth_smallest
 
 ZERO_PRIOR = 0.5
 SIZE_DECAY_OFFSET = 0.05
+RELEVANCE_EPSILON = 1e-12
 
 
 class Assignment(NamedTuple):
@@ -152,6 +154,78 @@ def ecq_assignment(
     info = information_content(zero_biased_pmf(preliminary, grid))
     layer_lam = tf.cast(lam, tf.float32) * lambda_max(w, preliminary, info, grid) * layer_size_factor
     return assignment_costs(w, grid, info, layer_lam)
+
+
+def normalized_relevance(relevance: tf.Tensor) -> tf.Tensor:
+    """r = |R| / (max|R| + 1e-12), in [0, 1]."""
+    magnitude = tf.abs(tf.convert_to_tensor(relevance, tf.float32))
+    return magnitude / (tf.reduce_max(magnitude) + RELEVANCE_EPSILON)
+
+
+def zeroing_thresholds(assignment: Assignment, r: tf.Tensor) -> tf.Tensor:
+    """t(w): the weight goes to zero under the corrected cost 2 r^beta C_0 <= C_nz exactly when beta >= t(w).
+
+    For 0 < r < 1, t = ln(C_nz / (2 C_0)) / ln r. A weight with r = 0, or whose zero cost stays the lower one even when
+    doubled, is zero for every beta > 0 (t = -inf); r = 1 makes the factor 2 for every beta (t = -inf or +inf).
+    """
+    log_ratio = tf.math.log(assignment.nonzero_cost) - tf.math.log(2.0 * assignment.zero_cost)
+    interior = tf.logical_and(r > 0.0, r < 1.0)
+    t = log_ratio / tf.math.log(tf.where(interior, r, 0.5))
+    always = tf.where(log_ratio >= 0.0, -float("inf"), float("inf"))
+    return tf.where(interior, t, tf.where(r <= 0.0, -float("inf"), always))
+
+
+class RelevanceBeta(NamedTuple):
+    """The exponent beta of the zero-cost correction, and whether it meets the sparsity interval (ECQX_METHOD.md §4)."""
+
+    beta: tf.Tensor
+    feasible: tf.Tensor
+
+
+def relevance_beta(t: tf.Tensor, r: tf.Tensor, ecq_zeros: tf.Tensor, p: float | tf.Tensor) -> RelevanceBeta:
+    """beta = clip(min(beta_0, 1), beta_lo, beta_hi) with beta_0 = ln 0.5 / ln(mean r), in one pass.
+
+    The zero count at beta is #{t <= beta}; with M = ecq_zeros it must lie in [M - floor(N p), M]. Too few zeros at
+    min(beta_0, 1): beta_lo, the (M - floor(N p))-th smallest t; too many: beta_hi, just below the (M + 1)-th smallest.
+    Infeasible (no beta > 0 in the interval) only when many weights share one t, e.g. zero relevance where ECQ keeps
+    the weight.
+    """
+    n = tf.size(t)
+    fewest = ecq_zeros - tf.cast(tf.floor(tf.cast(n, tf.float32) * tf.cast(p, tf.float32)), tf.int32)
+    start = tf.minimum(tf.math.log(0.5) / tf.math.log(tf.reduce_mean(r)), 1.0)
+    zeros_at_start = tf.reduce_sum(tf.cast(t <= start, tf.int32))
+    too_few = zeros_at_start < fewest
+    bound = kth_smallest(t, tf.clip_by_value(tf.where(too_few, fewest - 1, ecq_zeros), 0, n - 1))
+    too_many_beta = tf.where(zeros_at_start > ecq_zeros, tf.math.nextafter(bound, -float("inf")), start)
+    beta = tf.where(too_few, bound, too_many_beta)
+    zeros = tf.reduce_sum(tf.cast(t <= beta, tf.int32))
+    feasible = tf.logical_and(tf.logical_and(zeros >= fewest, zeros <= ecq_zeros), beta > 0.0)
+    return RelevanceBeta(beta=beta, feasible=feasible)
+
+
+def ecqx_codes(
+    w: tf.Tensor,
+    grid: Grid,
+    lam: float | tf.Tensor,
+    relevance: tf.Tensor,
+    p: float | tf.Tensor = 0.1,
+    layer_size_factor: float | tf.Tensor = 1.0,
+) -> tf.Tensor:
+    """Relevance-corrected codes (ECQX_METHOD.md §4): zero cost C_0 * 2 r^beta, sparsity within [s_ECQ - p, s_ECQ].
+
+    Where the relevance cannot rank the weights (all r equal, e.g. all zero before the first refresh) or no beta meets
+    the interval, the ECQ codes are returned: uninformative relevance must not change the assignment.
+    """
+    w = tf.convert_to_tensor(w, tf.float32)
+    assignment = ecq_assignment(w, grid, lam, layer_size_factor)
+    ecq = choose_codes(assignment)
+    r = normalized_relevance(relevance)
+    t = zeroing_thresholds(assignment, r)
+    ecq_zeros = tf.reduce_sum(tf.cast(tf.equal(ecq, 0), tf.int32))
+    choice = relevance_beta(t, r, ecq_zeros, p)
+    informative = tf.reduce_max(r) > tf.reduce_min(r)
+    corrected = tf.where(t <= choice.beta, tf.zeros_like(ecq), assignment.nonzero_code)
+    return tf.where(tf.logical_and(informative, choice.feasible), corrected, ecq)
 
 
 def sparsity(codes: tf.Tensor) -> tf.Tensor:

@@ -2,12 +2,13 @@
 
 iNNvestigate 2.1.2 needs eager execution disabled, which is process-wide, so it runs in its own Python process
 (`_innvestigate_worker.py`, started as a script so that it imports neither tf_ecqx nor anything eager). Requests and
-replies are pickled over the worker's stdin/stdout. The model travels as JSON config + weights: send plain tf_keras
-models that output logits (for a QAT model, `tf_ecqx.strip(qmodel)`).
+replies are pickled over the worker's stdin/stdout. The model travels as JSON config + weights: `analyze` takes plain
+tf_keras models that output logits (for a QAT model, `tf_ecqx.strip(qmodel)`); `weight_relevances` strips by itself.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import subprocess
@@ -17,8 +18,12 @@ from types import TracebackType
 from typing import Any
 
 import numpy as np
+from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import QuantizeLayer
+from tensorflow_model_optimization.python.core.quantization.keras.quantize_wrapper import QuantizeWrapper
 
 from tf_ecqx._keras import keras
+from tf_ecqx.relevance.composites import COMPOSITES, Composite
+from tf_ecqx.relevance.lrp import weight_relevances_from_outputs
 
 WORKER = Path(__file__).with_name("_innvestigate_worker.py")
 
@@ -27,6 +32,7 @@ ALIASES = {
     "lrp.sequential_composite_a": "lrp.sequential_preset_a",
     "lrp.sequential_composite_b": "lrp.sequential_preset_b",
 }
+DEFAULT_WEIGHT_EPSILON = next(f.default for f in dataclasses.fields(Composite) if f.name == "weight_epsilon")
 
 
 class InnvestigateBackend:
@@ -79,6 +85,51 @@ class InnvestigateBackend:
         neuron_selection: output index per sample (iNNvestigate's "index" mode: relevance starts at that logit);
         None selects each sample's largest output ("max_activation"). analyzer_kwargs go to the analyzer.
         """
+        return self._request(model, x, analyzer, neuron_selection, analyzer_kwargs, layers=False)
+
+    def weight_relevances(
+        self,
+        model: keras.Model,
+        x: np.ndarray,
+        analyzer: str = "lrp.epsilon",
+        neuron_selection: np.ndarray | None = None,
+        weight_epsilon: float | None = None,
+        **analyzer_kwargs: Any,
+    ) -> dict[str, np.ndarray]:
+        """Per-weight relevances of every Dense/Conv kernel, with iNNvestigate's `analyzer` as the reverse pass.
+
+        iNNvestigate gives the relevance at each kernel layer's output; the ε weight rule of lrp() turns it into one
+        relevance per kernel weight (`weight_relevances_from_outputs`), scaled like lrp(output="output"): divided by
+        the batch size. So for rules both implement, the result equals `lrp(model, x, y, analyzer).weights`, same keys.
+        model: plain tf_keras or tf_ecqx QAT (iNNvestigate gets `tf_ecqx.strip(model)`, the weight rule reads the
+        quantized kernels). weight_epsilon: ε of the weight rule, None = that of our composite of the same name.
+        neuron_selection and analyzer_kwargs as in `analyze`.
+        """
+        if weight_epsilon is None:
+            weight_epsilon = COMPOSITES[analyzer].weight_epsilon if analyzer in COMPOSITES else DEFAULT_WEIGHT_EPSILON
+        plain = model
+        if any(isinstance(layer, (QuantizeWrapper, QuantizeLayer)) for layer in model.layers):
+            from tf_ecqx.quantization.strip import strip  # here: quantization may import relevance
+
+            plain = strip(model)
+        x = np.asarray(x, np.float32)
+        _, outputs = self._request(plain, x, analyzer, neuron_selection, analyzer_kwargs, layers=True)
+        batch = max(len(x), 1)
+        return weight_relevances_from_outputs(
+            model, x, {name: r / batch for name, r in outputs.items()}, weight_epsilon
+        )
+
+    def _request(
+        self,
+        model: keras.Model,
+        x: np.ndarray,
+        analyzer: str,
+        neuron_selection: np.ndarray | None,
+        analyzer_kwargs: dict[str, Any],
+        layers: bool,
+    ) -> Any:
+        """Send one analysis to the worker; its reply: input relevance, or with layers (input relevance, {kernel
+        layer name: relevance at its output})."""
         process = self.start()._process
         request = {
             "analyzer": ALIASES.get(analyzer, analyzer),
@@ -87,6 +138,7 @@ class InnvestigateBackend:
             "x": np.asarray(x, np.float32),
             "neuron_selection": None if neuron_selection is None else np.asarray(neuron_selection, np.int64),
             "kwargs": analyzer_kwargs,
+            "layers": layers,
         }
         try:
             pickle.dump(request, process.stdin)

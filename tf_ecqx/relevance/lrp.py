@@ -1,4 +1,5 @@
 """lrp(): input and per-weight LRP relevances of a tf_keras model or a tf_ecqx QAT model, compiled with tf.function.
+weight_relevances_from_outputs(): the per-weight half alone, for a reverse pass run elsewhere (iNNvestigate).
 
 The reverse pass walks the model's layer graph backwards (graph.py). Linear layers use the composite's rule; the other
 layers are handled as iNNvestigate 2.1.2 handles them:
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import weakref
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -251,6 +253,17 @@ def compiled_lrp(model: keras.Model, composite: Composite, output: str) -> Any:
     return per_model[(composite, output)]
 
 
+def checked_input(model: keras.Model, x: Any) -> np.ndarray:
+    """x as an array of the model's input dtype, or a ValueError if its shape is not (batch, *input shape)."""
+    x = np.asarray(x, dtype=model.inputs[0].dtype.as_numpy_dtype)
+    expected = tuple(model.inputs[0].shape[1:])
+    if x.ndim != len(expected) + 1 or any(e is not None and e != s for e, s in zip(expected, x.shape[1:], strict=True)):
+        raise ValueError(
+            f"x has shape {x.shape}; model {model.name!r} expects (batch, {', '.join(map(str, expected))})."
+        )
+    return x
+
+
 def _targets(y: Any, batch: int, classes: int) -> np.ndarray:
     if y is None:
         return np.full(batch, -1, np.int32)
@@ -286,12 +299,38 @@ def lrp(
     if output not in OUTPUTS:
         raise ValueError(f"output={output!r} is not known; use one of {OUTPUTS}.")
     run = compiled_lrp(model, composite, output)  # checks the model
-    x = np.asarray(x, dtype=model.inputs[0].dtype.as_numpy_dtype)
-    expected = tuple(model.inputs[0].shape[1:])
-    if x.ndim != len(expected) + 1 or any(e is not None and e != s for e, s in zip(expected, x.shape[1:], strict=True)):
-        raise ValueError(
-            f"x has shape {x.shape}; model {model.name!r} expects (batch, {', '.join(map(str, expected))})."
-        )
+    x = checked_input(model, x)
     targets = _targets(y, len(x), model.outputs[0].shape[-1])
     r_input, r_weights = run(x, targets)
     return Relevances(r_input.numpy(), {name: r.numpy() for name, r in r_weights.items()})
+
+
+def weight_relevances_from_outputs(
+    model: keras.Model, x: Any, output_relevances: Mapping[str, Any], epsilon: float
+) -> dict[str, np.ndarray]:
+    """Per-weight relevances (lrp()'s ε rule, ECQX_METHOD.md §6) from given relevances at the linear layers' outputs.
+
+    The weight half of lrp() for a reverse pass run elsewhere (e.g. iNNvestigate): output_relevances maps each
+    Dense/Conv layer's name (the inner name in a QAT model) to the relevance at its output, shaped like that output for
+    the batch x. Kernels are read as lrp() reads them (a QAT model's quantized kernels); BatchNormalization is not
+    folded, so each kernel is rated with the relevance at its own layer's output. Keys equal lrp(model, x).weights'.
+    """
+    graph = trace(model)
+    plan = _plan(graph, Composite(dense=Pass(), conv=Pass(), bn="pass", weight_epsilon=epsilon))  # checks the model
+    x = checked_input(model, x)
+    values, ops = _forward(plan, tf.convert_to_tensor(x))
+    names = [graph.steps[index].layer.name for index in plan.rules]
+    shared = sorted({name for name in names if names.count(name) > 1})
+    missing = sorted(set(names) - set(output_relevances))
+    if shared or missing:
+        problem = f"layers called more than once: {shared}" if shared else f"no output relevance for {missing}"
+        raise ValueError(f"Cannot rate the weights of model {model.name!r}: {problem}.")
+    weights = {}
+    for index, name in zip(plan.rules, names):
+        step = graph.steps[index]
+        z = values[step.output]
+        r = np.asarray(output_relevances[name], dtype=z.dtype.as_numpy_dtype)
+        if r.shape != tuple(z.shape):
+            raise ValueError(f"The output relevance of {name!r} has shape {r.shape}; its output has {tuple(z.shape)}.")
+        weights[name] = _weight_relevance(ops[index], values[step.inputs[0]], tf.constant(r), epsilon).numpy()
+    return weights

@@ -1,13 +1,18 @@
-"""Per-layer statistics of a QAT model and the table `summary` prints."""
+"""Per-layer statistics of a QAT model, the table `summary` prints, and a plot of input relevances."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from tf_ecqx._keras import keras
 from tf_ecqx.quantization.api import quantized_kernels
+from tf_ecqx.relevance.composites import Composite
+from tf_ecqx.relevance.lrp import checked_input, lrp
 
 
 @dataclass(frozen=True)
@@ -98,3 +103,72 @@ def format_layer_table(stats: list[LayerStats]) -> str:
 def summary(qmodel: keras.Model, print_fn=print) -> None:
     """Print the per-layer table of a QAT model: bits, sparsity, entropy (bits/weight), distinct codes, bytes."""
     print_fn(format_layer_table(layer_stats(qmodel)))
+
+
+def _image_batch(x: Any) -> np.ndarray:
+    """x as float images (N, H, W) or (N, H, W, C), or a ValueError saying what was passed."""
+    x = np.asarray(x, np.float32)
+    if x.ndim not in (3, 4) or x.shape[0] == 0 or min(x.shape[1:3]) < 2:
+        raise ValueError(
+            f"plot_relevance needs a non-empty batch of images, shape (N, H, W) or (N, H, W, C) with N >= 1 and H, W "
+            f">= 2; got shape {x.shape}."
+        )
+    return x
+
+
+def _displayable(image: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """An image (H, W) or (H, W, C) as imshow shows it: RGB scaled to [0, 1], other channel counts averaged to gray."""
+    if image.ndim == 3 and image.shape[-1] == 3:
+        low, high = image.min(), image.max()
+        return (image - low) / (high - low) if high > low else np.zeros_like(image), None
+    return (image.mean(axis=-1) if image.ndim == 3 else image), "gray"
+
+
+def plot_relevance(
+    model: keras.Model,
+    x: Any,
+    path: str | Path,
+    y: Any = None,
+    composite: str | Composite = "epsilon_plus_flat_bn_pass",
+    columns: int = 8,
+) -> Path:
+    """Save a PNG grid of the input relevances (native lrp) of an image batch, to see what the model looks at.
+
+    Each sample shows the image above its heatmap: relevance summed over channels, divided by the sample's max |R|,
+    on a diverging colormap centred at 0 (red for, blue against the target class). y: target class per sample (None =
+    the predicted class); composite as in lrp(); columns: samples per row. Returns the path written.
+    """
+    from matplotlib.figure import Figure  # no pyplot: the user's interactive backend is left alone
+
+    images = checked_input(model, _image_batch(x))
+    if not (isinstance(columns, int) and columns >= 1):
+        raise ValueError(f"columns must be a positive integer; got {columns!r}.")
+    predicted = np.argmax(model(images, training=False), axis=-1).astype(np.int32)
+    targets = predicted if y is None else y  # the class explained is the class shown
+    relevance = lrp(model, images, targets, composite=composite).input
+    heatmaps = relevance.sum(axis=-1) if relevance.ndim == 4 else relevance
+    scale = np.abs(heatmaps).max(axis=(1, 2), keepdims=True)
+    heatmaps = np.divide(heatmaps, scale, out=np.zeros_like(heatmaps), where=scale > 0)
+    targets = np.asarray(targets)
+
+    n = len(images)
+    columns = min(columns, n)
+    rows = math.ceil(n / columns)
+    figure = Figure(figsize=(1.6 * columns + 0.8, 3.4 * rows), layout="constrained")
+    grid = figure.add_gridspec(2 * rows, columns)
+    for i in range(n):
+        row, column = divmod(i, columns)
+        top, bottom = figure.add_subplot(grid[2 * row, column]), figure.add_subplot(grid[2 * row + 1, column])
+        image, cmap = _displayable(images[i])
+        top.imshow(image, cmap=cmap)
+        title = f"class {targets[i]}" if y is None else f"target {targets[i]} (pred {predicted[i]})"
+        top.set_title(title, fontsize=8)
+        shown = bottom.imshow(heatmaps[i], cmap="bwr", vmin=-1.0, vmax=1.0)
+        for axes in (top, bottom):
+            axes.set_xticks([])
+            axes.set_yticks([])
+    figure.colorbar(shown, ax=figure.axes, shrink=0.6, label="relevance / max |R|")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png", dpi=100)
+    return path

@@ -20,7 +20,7 @@ from tflite_micro import compression
 from tf_ecqx._keras import keras
 from tf_ecqx.export import flatbuffer
 from tf_ecqx.export.runtimes import run_litert, run_tflm
-from tf_ecqx.quantization.api import QuantizedKernel, quantized_kernels
+from tf_ecqx.quantization.api import QuantizedKernel, frozen_kernels, quantized_kernels
 
 TARGETS = ("mobile", "micro")
 CALIBRATION_SAMPLES = 200
@@ -86,7 +86,8 @@ def _convert(qmodel: keras.Model, calibration: np.ndarray, sparse: bool, float_i
     if not float_io:
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
-    return converter.convert()
+    with frozen_kernels(qmodel):
+        return converter.convert()
 
 
 def _tflite_layout(codes: np.ndarray, layer: keras.layers.Layer) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
@@ -15,7 +16,7 @@ from tf_ecqx.ecq.assign import size_factor
 from tf_ecqx.quantization.configs import KERNEL_ATTRS, ECQxQuantizeConfig
 from tf_ecqx.quantization.loading_fixes import LOADING_OBJECTS
 from tf_ecqx.quantization.model_checks import ExcludeSpec, check_model, check_supported, excluded_layer_names
-from tf_ecqx.quantization.quantizers import ECQxWeightQuantizer
+from tf_ecqx.quantization.quantizers import FROZEN_VALUES, ECQxWeightQuantizer
 from tf_ecqx.quantization.scheme import ECQxQuantizeRegistry, ECQxQuantizeScheme
 
 CUSTOM_OBJECTS = {
@@ -68,6 +69,23 @@ def quantized_kernels(qmodel: keras.Model) -> Iterator[QuantizedKernel]:
                     yield QuantizedKernel(layer, kernel, quantizer, state)
 
 
+@contextlib.contextmanager
+def frozen_kernels(qmodel: keras.Model) -> Iterator[None]:
+    """While active, functions traced from qmodel use each kernel's current quantized values as constants.
+
+    For export: the TFLite converter then gets constant int8 filters and never has to fold the assignment (which it
+    cannot for every op the ECQx beta uses). Nothing in the model changes; functions traced before or after are normal.
+    """
+    kernels = list(quantized_kernels(qmodel))
+    try:
+        for k in kernels:
+            k.state[FROZEN_VALUES] = tf.constant(k.values())
+        yield
+    finally:
+        for k in kernels:
+            k.state.pop(FROZEN_VALUES, None)
+
+
 def initialize_grids(qmodel: keras.Model) -> None:
     """Fit every kernel's grid to its current (pretrained) values and set the layer-size factors d_l."""
     kernels = list(quantized_kernels(qmodel))
@@ -84,17 +102,20 @@ def _nothing_to_quantize(model: keras.Model) -> ValueError:
 
 
 def quantize_apply(
-    annotated: keras.Model, bits: int = 4, lambda_: float = 0.05, gradient: str = "reference"
+    annotated: keras.Model,
+    bits: int = 4,
+    lambda_: float = 0.05,
+    gradient: str = "reference",
+    relevance: str | None = None,
+    p: float = 0.1,
 ) -> keras.Model:
     """Quantize the annotated layers of a model (a clone; the input model is unchanged) and fit the grids.
 
     Annotated layers without an own config get ECQx (kernel layers) or tfmot's 8-bit config (others).
     """
-    ECQxWeightQuantizer(bits, lambda_, gradient)  # validates the arguments before any cloning
+    settings = ECQxWeightQuantizer(bits, lambda_, gradient, relevance, p).get_config()  # validates before cloning
     with quantize_scope():
-        qmodel = tfmot_quantize.quantize_apply(
-            annotated, scheme=ECQxQuantizeScheme(bits=bits, lambda_=lambda_, gradient=gradient)
-        )
+        qmodel = tfmot_quantize.quantize_apply(annotated, scheme=ECQxQuantizeScheme(**settings))
     if not any(True for _ in quantized_kernels(qmodel)):
         raise _nothing_to_quantize(annotated)
     initialize_grids(qmodel)
@@ -107,14 +128,19 @@ def quantize_model(
     lambda_: float = 0.05,
     exclude: ExcludeSpec | None = None,
     gradient: str = "reference",
+    relevance: str | None = None,
+    p: float = 0.1,
 ) -> keras.Model:
     """A QAT clone of `model` whose kernels are ECQ-quantized to `bits` bits during training.
 
     lambda_ sets the entropy pressure (0 = nearest-level rounding; larger = sparser). `exclude` takes layer names or
     classes to keep in float. gradient is "reference" (EC2T centroid-scaled) or "ste" (plain straight-through).
+    relevance switches to ECQx: an LRP composite ("epsilon_plus_flat_bn_pass", the reference default, or any name in
+    tf_ecqx.relevance.COMPOSITES, "lrp." prefix allowed) or "innvestigate:<analyzer>"; train it with
+    `callbacks=[tf_ecqx.RelevanceCallback(train_data)]`. p is the sparsity ECQx may give back relative to ECQ.
     Activations get tfmot's 8-bit fake quantization so that a full-integer TFLite export is possible.
     """
-    ECQxWeightQuantizer(bits, lambda_, gradient)
+    settings = ECQxWeightQuantizer(bits, lambda_, gradient, relevance, p).get_config()
     check_model(model)
     excluded = excluded_layer_names(model, exclude)
     registry = ECQxQuantizeRegistry()
@@ -131,4 +157,4 @@ def quantize_model(
         raise _nothing_to_quantize(model)
     with quantize_scope():
         annotated = keras.models.clone_model(model, clone_function=annotate)
-    return quantize_apply(annotated, bits=bits, lambda_=lambda_, gradient=gradient)
+    return quantize_apply(annotated, **settings)

@@ -25,6 +25,7 @@ class ECQxQuantizeConfig(Default8BitQuantizeConfig):
     """ECQx on `weight_attrs`, tfmot's 8-bit activation quantization on `activation_attrs` (and the output if asked).
 
     For a custom layer: `quantize_annotate_layer(layer, ECQxQuantizeConfig(["kernel"], ["activation"], bits=4))`.
+    relevance/p switch the kernel to ECQx (see ECQxWeightQuantizer).
     """
 
     def __init__(
@@ -35,9 +36,13 @@ class ECQxQuantizeConfig(Default8BitQuantizeConfig):
         bits: int = 4,
         lambda_: float = 0.05,
         gradient: str = "reference",
+        relevance: str | None = None,
+        p: float = 0.1,
     ):
         super().__init__(list(weight_attrs), list(activation_attrs), quantize_output)
-        self.weight_quantizer = ECQxWeightQuantizer(bits=bits, lambda_=lambda_, gradient=gradient)
+        self.weight_quantizer = ECQxWeightQuantizer(
+            bits=bits, lambda_=lambda_, gradient=gradient, relevance=relevance, p=p
+        )
 
     @classmethod
     def for_layer(cls, layer: keras.layers.Layer, **quantizer_kwargs: Any) -> ECQxQuantizeConfig:

@@ -1,8 +1,9 @@
 """ECQxWeightQuantizer: the tfmot Quantizer that puts a kernel on its entropy-constrained low-bit grid.
 
 Its state lives in non-trainable variables of the wrapping layer (so it saves and restores with the model): the grid
-(step, k_min, k_max), fixed after `initialize`, and the layer-size factor d_l. The assignment itself is recomputed from
-the float shadow weights at every call, inside the compiled train step.
+(step, k_min, k_max), fixed after `initialize`, and the layer-size factor d_l; with ECQx also the weight relevances and
+a refresh budget that RelevanceCallback sets. The assignment itself is recomputed from the float shadow weights at
+every call, inside the compiled train step.
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ from tensorflow_model_optimization.quantization.keras import quantizers as tfmot
 from tf_ecqx._keras import keras
 from tf_ecqx.ecq import assign
 from tf_ecqx.ecq.grid import INT8_NARROW_MAX, Grid, check_bits, init_grid
+from tf_ecqx.relevance.sources import relevance_source
 
 GRADIENT_RULES = ("reference", "ste")
+# Key of the quantizer state under which `api.frozen_kernels` puts each kernel's quantized values while exporting.
+FROZEN_VALUES = "frozen_values"
 
 
 def check_lambda(lambda_: float) -> float:
@@ -35,6 +39,13 @@ def check_gradient(gradient: str) -> str:
     if gradient not in GRADIENT_RULES:
         raise ValueError(f"gradient={gradient!r} is not known; use one of {GRADIENT_RULES}.")
     return gradient
+
+
+def check_p(p: float) -> float:
+    """Return p as float if it is a number in [0, 1] (the sparsity ECQx may give back relative to ECQ)."""
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+        raise ValueError(f"p={p!r} is not allowed: it is the sparsity LRP may give back, in [0, 1] (0.1 usual).")
+    return float(p)
 
 
 def straight_through(w: tf.Tensor, w_q: tf.Tensor, rule: str) -> tf.Tensor:
@@ -58,12 +69,27 @@ def straight_through(w: tf.Tensor, w_q: tf.Tensor, rule: str) -> tf.Tensor:
 
 
 class ECQxWeightQuantizer(tfmot_quantizers.Quantizer):
-    """Entropy-constrained quantization of one kernel to `bits` bits (ECQX_METHOD.md §2, §3, §5)."""
+    """Entropy-constrained quantization of one kernel to `bits` bits (ECQX_METHOD.md §2, §3, §5).
 
-    def __init__(self, bits: int = 4, lambda_: float = 0.05, gradient: str = "reference"):
+    relevance: None for ECQ, or the relevance source of ECQx (see `relevance_source`); p: the sparsity ECQx may give
+    back relative to ECQ (§4).
+    """
+
+    def __init__(
+        self,
+        bits: int = 4,
+        lambda_: float = 0.05,
+        gradient: str = "reference",
+        relevance: str | None = None,
+        p: float = 0.1,
+    ):
         self.bits = check_bits(bits)
         self.lambda_ = check_lambda(lambda_)
         self.gradient = check_gradient(gradient)
+        if relevance is not None:
+            relevance_source(relevance)  # validates the name
+        self.relevance = relevance
+        self.p = check_p(p)
 
     def build(self, tensor_shape: tf.TensorShape, name: str, layer: keras.layers.Layer) -> dict[str, tf.Variable]:
         def state(suffix: str, initial: float) -> tf.Variable:
@@ -74,12 +100,18 @@ class ECQxWeightQuantizer(tfmot_quantizers.Quantizer):
                 trainable=False,
             )
 
-        return {
+        variables = {
             "step": state("step", 1.0),
             "k_min": state("k_min", 0.0),
             "k_max": state("k_max", 0.0),
             "size_factor": state("size_factor", 1.0),
         }
+        if self.relevance is not None:
+            variables["relevance"] = layer.add_weight(
+                f"{name}_ecqx_relevance", shape=tensor_shape, initializer="zeros", trainable=False
+            )
+            variables["relevance_budget"] = state("relevance_budget", 0.0)
+        return variables
 
     @staticmethod
     def grid(weights: dict[str, tf.Variable]) -> Grid:
@@ -99,19 +131,49 @@ class ECQxWeightQuantizer(tfmot_quantizers.Quantizer):
         weights["size_factor"].assign(size_factor)
 
     def codes(self, kernel: tf.Tensor, weights: dict[str, tf.Variable]) -> tf.Tensor:
-        """Integer codes k* of the kernel under the current assignment."""
-        return assign.ecq_codes(kernel, self.grid(weights), self.lambda_, weights["size_factor"])
+        """Integer codes k* of the kernel under the current assignment (relevance-corrected with ECQx)."""
+        if self.relevance is None:
+            return assign.ecq_codes(kernel, self.grid(weights), self.lambda_, weights["size_factor"])
+        return assign.ecqx_codes(
+            kernel, self.grid(weights), self.lambda_, weights["relevance"], self.p, weights["size_factor"]
+        )
+
+    @staticmethod
+    def spend_relevance(weights: dict[str, tf.Variable]) -> tf.Operation:
+        """Use up one training step of the relevance budget; fails when RelevanceCallback did not refresh it."""
+        budget = weights["relevance_budget"]
+        check = tf.debugging.assert_positive(
+            budget,
+            message=(
+                f"ECQx ({budget.name}): no fresh weight relevances. Train with "
+                "callbacks=[tf_ecqx.RelevanceCallback(train_data)] so that they are refreshed every few steps."
+            ),
+        )
+        with tf.control_dependencies([check]):
+            return budget.assign_sub(1.0)
 
     def __call__(self, inputs: tf.Tensor, training: bool, weights: dict[str, tf.Variable], **kwargs: Any) -> tf.Tensor:
         grid = self.grid(weights)
-        w_q = tf.cast(self.codes(inputs, weights), inputs.dtype) * grid.step
-        w_q = straight_through(inputs, w_q, self.gradient)
+        if FROZEN_VALUES in weights:
+            w_q = weights[FROZEN_VALUES]
+        else:
+            if training and self.relevance is not None:
+                with tf.control_dependencies([self.spend_relevance(weights)]):
+                    inputs = tf.identity(inputs)
+            w_q = tf.cast(self.codes(inputs, weights), inputs.dtype) * grid.step
+            w_q = straight_through(inputs, w_q, self.gradient)
         # Pins the int8 TFLite export to scale = step, so the stored int8 values are exactly the codes.
         limit = INT8_NARROW_MAX * grid.step
         return tf.quantization.fake_quant_with_min_max_vars(w_q, -limit, limit, num_bits=8, narrow_range=True)
 
     def get_config(self) -> dict[str, Any]:
-        return {"bits": self.bits, "lambda_": self.lambda_, "gradient": self.gradient}
+        return {
+            "bits": self.bits,
+            "lambda_": self.lambda_,
+            "gradient": self.gradient,
+            "relevance": self.relevance,
+            "p": self.p,
+        }
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> ECQxWeightQuantizer:

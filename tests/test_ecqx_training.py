@@ -1,0 +1,173 @@
+"""ECQx training with model.fit: RelevanceCallback, the refusal to train without it, saving, export (real data)."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import small_cnn
+
+import tf_ecqx
+from tf_ecqx._keras import keras
+from tf_ecqx.ecq.assign import ecq_codes, sparsity
+from tf_ecqx.quantization.api import quantized_kernels
+from tf_ecqx.relevance import lrp
+
+P = 0.1
+
+
+def compiled(model: keras.Model) -> keras.Model:
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), ["accuracy"])
+    return model
+
+
+@pytest.fixture(scope="module")
+def float_cnn(fashion_small) -> keras.Model:
+    """The small BatchNorm CNN trained in float for two epochs on 2048 Fashion-MNIST images."""
+    train, _ = fashion_small
+    keras.utils.set_random_seed(0)
+    model = compiled(small_cnn(batch_norm=True))
+    model.fit(train.x, train.y, batch_size=64, epochs=2, verbose=0)
+    return model
+
+
+@pytest.fixture
+def ecqx_model(float_cnn):
+    def make(relevance: str = "epsilon_plus_flat_bn_pass") -> keras.Model:
+        keras.utils.set_random_seed(0)
+        return compiled(tf_ecqx.quantize_model(float_cnn, bits=4, lambda_=0.3, relevance=relevance))
+
+    return make
+
+
+def ecq_sparsity(kernel) -> float:
+    grid = kernel.quantizer.grid(kernel.state)
+    return float(sparsity(ecq_codes(kernel.kernel, grid, kernel.quantizer.lambda_, kernel.state["size_factor"])))
+
+
+@pytest.fixture(scope="module")
+def trained(fashion_small, float_cnn):
+    train, _ = fashion_small
+    keras.utils.set_random_seed(0)
+    qmodel = compiled(tf_ecqx.quantize_model(float_cnn, bits=4, lambda_=0.3, relevance="epsilon_plus_flat_bn_pass"))
+    callback = tf_ecqx.RelevanceCallback((train.x, train.y), every_n_steps=2)
+    history = qmodel.fit(train.x, train.y, batch_size=64, epochs=1, callbacks=[callback], verbose=0)
+    return qmodel, history
+
+
+def test_fit_without_the_callback_refuses_to_run(fashion_small, ecqx_model):
+    train, _ = fashion_small
+    qmodel = ecqx_model()
+    with pytest.raises(tf.errors.InvalidArgumentError, match="RelevanceCallback"):
+        qmodel.fit(train.x[:128], train.y[:128], batch_size=64, epochs=1, verbose=0)
+
+
+def test_ecqx_training_learns_and_keeps_sparsity_in_the_interval(trained, fashion_small):
+    qmodel, history = trained
+    _, test = fashion_small
+    assert history.history["accuracy"][-1] > 0.65
+    assert qmodel.evaluate(test.x, test.y, verbose=0)[1] > 0.65
+    for kernel in quantized_kernels(qmodel):
+        relevance = kernel.state["relevance"].numpy()
+        assert np.all(np.isfinite(relevance)) and np.count_nonzero(relevance) > 0.1 * relevance.size
+        codes = kernel.codes().numpy()
+        assert codes.min() >= int(kernel.state["k_min"]) and codes.max() <= int(kernel.state["k_max"])
+        s_ecqx, s_ecq = float(sparsity(codes)), ecq_sparsity(kernel)
+        assert s_ecq - P - 1.0 / codes.size <= s_ecqx <= s_ecq + 1e-9, kernel.layer_name
+
+
+def test_relevance_changes_which_weights_are_zero(trained):
+    qmodel, _ = trained
+    moved = 0
+    for kernel in quantized_kernels(qmodel):
+        grid = kernel.quantizer.grid(kernel.state)
+        ecq = ecq_codes(kernel.kernel, grid, kernel.quantizer.lambda_, kernel.state["size_factor"]).numpy()
+        moved += int(np.sum((ecq == 0) != (kernel.codes().numpy() == 0)))
+    assert moved > 0
+
+
+def test_refresh_mixes_relevances_with_momentum(fashion_small, ecqx_model):
+    train, _ = fashion_small
+    qmodel = ecqx_model()
+    callback = tf_ecqx.RelevanceCallback((train.x[:128], train.y[:128]), momentum=0.25)
+    callback.set_model(qmodel)
+    callback.on_train_begin()
+    first = lrp(qmodel, train.x[:64], train.y[:64]).weights
+    callback.refresh()
+    second = lrp(qmodel, train.x[64:128], train.y[64:128]).weights
+    for kernel in quantized_kernels(qmodel):
+        expected = 0.75 * second[kernel.layer_name] + 0.25 * first[kernel.layer_name]
+        np.testing.assert_allclose(kernel.state["relevance"].numpy(), expected, rtol=1e-5, atol=1e-9)
+        assert float(kernel.state["relevance_budget"]) == 1.0
+
+
+def test_saved_ecqx_model_loads_with_its_relevances_and_codes(trained, tmp_path):
+    qmodel, _ = trained
+    path = tmp_path / "ecqx.keras"
+    qmodel.save(path)
+    with tf_ecqx.quantize_scope():
+        loaded = keras.models.load_model(path)
+    for original, restored in zip(quantized_kernels(qmodel), quantized_kernels(loaded)):
+        assert restored.quantizer.get_config() == original.quantizer.get_config()
+        np.testing.assert_array_equal(restored.state["relevance"].numpy(), original.state["relevance"].numpy())
+        np.testing.assert_array_equal(restored.codes().numpy(), original.codes().numpy())
+
+
+def test_ecqx_model_exports_to_integer_tflite(trained, fashion_small, tmp_path):
+    qmodel, _ = trained
+    train, test = fashion_small
+    result = tf_ecqx.export.to_tflite(qmodel, tmp_path / "ecqx.tflite", train.x[:64], verification_data=test.x[:64])
+    assert {check.layer for check in result.kernels} == {stats.name for stats in tf_ecqx.layer_stats(qmodel)}
+    assert all(check.max_values_per_channel <= 16 for check in result.kernels)
+    assert result.argmax_agreement >= 0.95
+
+
+def test_innvestigate_source_trains(fashion_small, ecqx_model):
+    train, _ = fashion_small
+    qmodel = ecqx_model(relevance="innvestigate:lrp.alpha_2_beta_1")
+    callback = tf_ecqx.RelevanceCallback((train.x, train.y), every_n_steps=4)
+    qmodel.fit(train.x[:512], train.y[:512], batch_size=64, epochs=1, callbacks=[callback], verbose=0)
+    for kernel in quantized_kernels(qmodel):
+        assert np.count_nonzero(kernel.state["relevance"].numpy()) > 0, kernel.layer_name
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"p": 1.5}, "p=1.5 is not allowed"),
+        ({"p": float("nan")}, "p=nan is not allowed"),
+        ({"relevance": "lrp.nonsense"}, "not a known LRP composite"),
+        ({"relevance": "innvestigate:gradient"}, "needs an LRP analyzer"),
+    ],
+)
+def test_bad_ecqx_arguments_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        tf_ecqx.quantize_model(small_cnn(), bits=4, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"momentum": 1.0}, "momentum=1.0 is not allowed"),
+        ({"every_n_steps": 0}, "every_n_steps=0"),
+        ({"output": "logits"}, "output='logits' is not known"),
+    ],
+)
+def test_bad_callback_arguments_are_refused(kwargs, message, fashion_small):
+    train, _ = fashion_small
+    with pytest.raises(ValueError, match=message):
+        tf_ecqx.RelevanceCallback((train.x, train.y), **kwargs)
+
+
+def test_callback_on_an_ecq_model_says_what_to_do(fashion_small):
+    train, _ = fashion_small
+    qmodel = compiled(tf_ecqx.quantize_model(small_cnn(), bits=4))
+    callback = tf_ecqx.RelevanceCallback((train.x, train.y))
+    with pytest.raises(ValueError, match="has no ECQx kernel"):
+        qmodel.fit(train.x[:64], train.y[:64], epochs=1, callbacks=[callback], verbose=0)
+
+
+def test_empty_relevance_data_is_refused(fashion_small, ecqx_model):
+    train, _ = fashion_small
+    qmodel = ecqx_model()
+    callback = tf_ecqx.RelevanceCallback((train.x[:0], train.y[:0]))
+    with pytest.raises(ValueError, match="data is empty"):
+        qmodel.fit(train.x[:64], train.y[:64], epochs=1, callbacks=[callback], verbose=0)

@@ -1,0 +1,136 @@
+"""RelevanceCallback: keeps the weight relevances of an ECQx model current during `model.fit` (ECQX_METHOD.md §5)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from tf_ecqx._keras import keras
+from tf_ecqx.quantization.api import QuantizedKernel, quantized_kernels
+from tf_ecqx.relevance.composites import get_composite
+from tf_ecqx.relevance.innvestigate_backend import InnvestigateBackend
+from tf_ecqx.relevance.lrp import OUTPUTS, compiled_lrp
+from tf_ecqx.relevance.sources import INNVESTIGATE, RelevanceSource, relevance_source
+
+REFERENCE_BATCH_SIZE = 64
+
+
+def check_momentum(momentum: float) -> float:
+    """Return momentum as float if it is in [0, 1): the share of the previous relevances kept at each refresh."""
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0.0 <= momentum < 1.0:
+        raise ValueError(
+            f"momentum={momentum!r} is not allowed: it is the share of the previous relevances kept at each refresh, "
+            "a number in [0, 1) (reference 0.1)."
+        )
+    return float(momentum)
+
+
+def _batches(data: Any, batch_size: int) -> tf.data.Dataset:
+    """(x, y) batches from a tf.data.Dataset (used as it is) or a pair of arrays (batched in order), repeated."""
+    if isinstance(data, tf.data.Dataset):
+        dataset = data
+    elif isinstance(data, (tuple, list)) and len(data) == 2:
+        dataset = tf.data.Dataset.from_tensor_slices((np.asarray(data[0]), np.asarray(data[1]))).batch(batch_size)
+    else:
+        raise ValueError(
+            f"RelevanceCallback data must be a tf.data.Dataset of (x, y) batches or a pair (x, y) of arrays; "
+            f"got {type(data).__name__}."
+        )
+    return dataset.repeat()
+
+
+def _class_indices(y: tf.Tensor) -> tf.Tensor:
+    """Integer labels from integer or one-hot labels."""
+    if y.shape.rank == 2 and y.shape[-1] != 1:
+        return tf.argmax(y, axis=-1, output_type=tf.int32)
+    return tf.cast(tf.reshape(y, [-1]), tf.int32)
+
+
+class RelevanceCallback(keras.callbacks.Callback):
+    """Refreshes ECQx weight relevances from LRP on the next batch of `data`, every `every_n_steps` training steps.
+
+    The relevances come from the current quantized model with the source named in `quantize_model(relevance=...)`,
+    and are mixed as R <- (1 - momentum) R_batch + momentum R_prev. output: "output" (logit of the true class, the
+    reference), "ones" or "probability". Use training data (x, y) with labels; batch_size applies to arrays only.
+    """
+
+    def __init__(
+        self,
+        data: Any,
+        every_n_steps: int = 1,
+        momentum: float = 0.1,
+        output: str = "output",
+        batch_size: int = REFERENCE_BATCH_SIZE,
+    ):
+        super().__init__()
+        if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps < 1:
+            raise ValueError(f"every_n_steps={every_n_steps!r} must be an integer >= 1.")
+        if output not in OUTPUTS:
+            raise ValueError(f"output={output!r} is not known; use one of {OUTPUTS}.")
+        self.every_n_steps = every_n_steps
+        self.momentum = check_momentum(momentum)
+        self.output = output
+        self._dataset = _batches(data, batch_size)
+        self._batches: Iterator | None = None
+        self._kernels: list[QuantizedKernel] = []
+        self._source: RelevanceSource | None = None
+        self._innvestigate: InnvestigateBackend | None = None
+        self._steps = 0
+        self._refreshed = False
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self._kernels = [k for k in quantized_kernels(self.model) if k.quantizer.relevance is not None]
+        if not self._kernels:
+            raise ValueError(
+                f"RelevanceCallback: model {self.model.name!r} has no ECQx kernel; quantize it with "
+                "tf_ecqx.quantize_model(model, ..., relevance='epsilon_plus_flat_bn_pass')."
+            )
+        sources = {k.quantizer.relevance for k in self._kernels}
+        if len(sources) > 1:
+            raise ValueError(f"RelevanceCallback: the model's kernels name different relevance sources {sources}.")
+        self._source = relevance_source(sources.pop())
+        if self._source.backend == INNVESTIGATE:
+            self._innvestigate = InnvestigateBackend().start()
+        self._batches = iter(self._dataset)
+        self._steps = 0
+        self._refreshed = False
+        self.refresh()
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self._steps += 1
+        if self._steps % self.every_n_steps == 0:
+            self.refresh()
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        if self._innvestigate is not None:
+            self._innvestigate.close()
+            self._innvestigate = None
+
+    def refresh(self) -> None:
+        """Compute relevances on the next batch, mix them into the quantizers' variables, renew the step budget."""
+        try:
+            x, y = next(self._batches)[:2]
+        except StopIteration:
+            raise ValueError("RelevanceCallback data is empty: it needs at least one (x, y) batch.") from None
+        batch = self._weight_relevances(x, _class_indices(y))
+        keep = self.momentum if self._refreshed else 0.0
+        steps_per_execution = getattr(self.model, "_steps_per_execution", None)
+        budget = self.every_n_steps * (1 if steps_per_execution is None else int(steps_per_execution))
+        for k in self._kernels:
+            if k.layer_name not in batch:
+                raise ValueError(f"RelevanceCallback: LRP returned no relevance for layer {k.layer_name!r}.")
+            relevance = k.state["relevance"]
+            relevance.assign((1.0 - keep) * tf.cast(batch[k.layer_name], tf.float32) + keep * relevance)
+            k.state["relevance_budget"].assign(float(budget))
+        self._refreshed = True
+
+    def _weight_relevances(self, x: tf.Tensor, targets: tf.Tensor) -> dict[str, Any]:
+        if self._innvestigate is not None:
+            return self._innvestigate.weight_relevances(
+                self.model, x.numpy(), analyzer=self._source.name, neuron_selection=targets.numpy()
+            )
+        run = compiled_lrp(self.model, get_composite(self._source.name), self.output)
+        return run(tf.cast(x, self.model.inputs[0].dtype), targets)[1]

@@ -1,18 +1,21 @@
-"""The demo `make demo` runs: float CNN on Fashion-MNIST, 4-bit ECQ fine-tuning with model.fit, the per-layer table."""
+"""The demo `make demo` runs: float CNN on Fashion-MNIST, 4-bit ECQ and ECQx fine-tuning with model.fit, compared."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
 
 from tf_ecqx._keras import keras
-from tf_ecqx.datasets import fashion_mnist
+from tf_ecqx.callbacks import RelevanceCallback
+from tf_ecqx.datasets import Split, fashion_mnist
 from tf_ecqx.ecq.grid import check_bits
 from tf_ecqx.models import compile_for_classification, trained_float_model
 from tf_ecqx.quantization.api import quantize_model
-from tf_ecqx.quantization.quantizers import check_lambda
-from tf_ecqx.report import format_layer_table, layer_stats, model_totals
+from tf_ecqx.quantization.quantizers import check_lambda, check_p
+from tf_ecqx.relevance.sources import relevance_source
+from tf_ecqx.report import LayerStats, format_layer_table, layer_stats, model_totals, plot_relevance
 from tf_ecqx.sizes import format_size_table, size_table
 
 
@@ -24,17 +27,43 @@ class DemoSettings:
     finetune_epochs: int = 2
     batch_size: int = 64
     seed: int = 0
+    relevance: str = "epsilon_plus_flat_bn_pass"
+    p: float = 0.1
+    every_n_steps: int = 1
 
     def __post_init__(self) -> None:
         check_bits(self.bits)
         check_lambda(self.lambda_)
+        check_p(self.p)
+        relevance_source(self.relevance)
+
+
+class Finetuned(NamedTuple):
+    qmodel: keras.Model
+    accuracy: float
+    stats: list[LayerStats]
+
+
+def _finetune(
+    model: keras.Model, settings: DemoSettings, train: Split, test_ds: Any, ecqx: bool, verbose: int
+) -> Finetuned:
+    """Quantize the float model with ECQ or ECQx and fine-tune it with model.fit, from the same seed."""
+    keras.utils.set_random_seed(settings.seed)
+    relevance = settings.relevance if ecqx else None
+    qmodel = quantize_model(model, bits=settings.bits, lambda_=settings.lambda_, relevance=relevance, p=settings.p)
+    compile_for_classification(qmodel)
+    train_ds = train.as_dataset(settings.batch_size, shuffle=True, seed=settings.seed)
+    callbacks = [RelevanceCallback(train_ds, every_n_steps=settings.every_n_steps)] if ecqx else []
+    qmodel.fit(train_ds, epochs=settings.finetune_epochs, callbacks=callbacks, verbose=verbose)
+    return Finetuned(qmodel, qmodel.evaluate(test_ds, verbose=0)[1], layer_stats(qmodel))
 
 
 def run_demo(
     settings: DemoSettings = DemoSettings(), verbose: int = 2, output_dir: str | os.PathLike | None = None
 ) -> dict[str, Any]:
-    """Train (or load) the float CNN, quantize it with ECQ, fine-tune, print accuracies and the layer table, and,
-    with an output_dir, export it (mobile and micro TFLite, bitstream) and print the size table."""
+    """Train (or load) the float CNN; quantize it with ECQ and with ECQx, fine-tune both the same way, print accuracies
+    and layer tables side by side; with an output_dir, export the ECQx model (mobile and micro TFLite, bitstream),
+    print the size table and save input-relevance heatmaps."""
     train, test = fashion_mnist()
     print(f"Fashion-MNIST: {len(train.x)} training and {len(test.x)} test images")
     model = trained_float_model("demo_cnn", train, settings.float_epochs, settings.batch_size, settings.seed, verbose)
@@ -42,25 +71,32 @@ def run_demo(
     float_accuracy = model.evaluate(test_ds, verbose=0)[1]
     print(f"float accuracy: {float_accuracy:.4f}")
 
-    keras.utils.set_random_seed(settings.seed)
-    qmodel = compile_for_classification(quantize_model(model, bits=settings.bits, lambda_=settings.lambda_))
-    print(f"ECQ {settings.bits}-bit, lambda={settings.lambda_}: fine-tuning with model.fit")
-    qmodel.fit(
-        train.as_dataset(settings.batch_size, shuffle=True, seed=settings.seed),
-        epochs=settings.finetune_epochs,
-        verbose=verbose,
-    )
-    ecq_accuracy = qmodel.evaluate(test_ds, verbose=0)[1]
-    stats = layer_stats(qmodel)
-    print(
-        f"ECQ {settings.bits}-bit accuracy after {settings.finetune_epochs} epochs: {ecq_accuracy:.4f} "
-        f"(float {float_accuracy:.4f}, change {100 * (ecq_accuracy - float_accuracy):+.2f} pp)"
-    )
-    print(format_layer_table(stats))
-    result = {"float_accuracy": float_accuracy, "ecq_accuracy": ecq_accuracy, "sparsity": model_totals(stats).sparsity}
+    runs = {}
+    for name, ecqx in (("ECQ", False), ("ECQx", True)):
+        detail = f", LRP {settings.relevance}, p={settings.p}, relevance every {settings.every_n_steps} step(s)"
+        print(f"\n{name} {settings.bits}-bit, lambda={settings.lambda_}{detail if ecqx else ''}: fine-tuning")
+        runs[name] = _finetune(model, settings, train, test_ds, ecqx, verbose)
+        print(format_layer_table(runs[name].stats))
+
+    print(f"\n{'':<6}{'accuracy':>10}{'change':>10}{'sparsity':>10}{'entropy':>9}{'bytes@H':>10}")
+    print(f"{'float':<6}{float_accuracy:>10.4f}")
+    for name, run in runs.items():
+        totals = model_totals(run.stats)
+        change = 100 * (run.accuracy - float_accuracy)
+        print(
+            f"{name:<6}{run.accuracy:>10.4f}{change:>+9.2f}p{totals.sparsity:>10.1%}{totals.entropy:>9.3f}"
+            f"{totals.entropy_bytes:>10.0f}"
+        )
+    result = {"float_accuracy": float_accuracy}
+    for name, run in runs.items():
+        result[f"{name.lower()}_accuracy"] = run.accuracy
+        result[f"{name.lower()}_sparsity"] = model_totals(run.stats).sparsity
     if output_dir is not None:
-        print(f"\nExporting to {output_dir}/ (TFLite for LiteRT and TFLM, bitstream), each verified in its runtime:")
+        qmodel = runs["ECQx"].qmodel
+        print(f"\nExporting the ECQx model to {output_dir}/ (TFLite for LiteRT and TFLM, bitstream), verified:")
         rows = size_table(qmodel, train.x[:200], output_dir)
         print(format_size_table(rows))
         result["sizes"] = {row.artifact: row.bytes for row in rows}
+        heatmaps = plot_relevance(qmodel, test.x[:16], Path(output_dir) / "relevance.png", composite=settings.relevance)
+        print(f"input relevances of 16 test images (ECQx model): {heatmaps}")
     return result

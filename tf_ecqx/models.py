@@ -35,7 +35,24 @@ def mlp() -> keras.Model:
     return keras.Model(inputs, outputs, name="mlp")
 
 
-ARCHITECTURES: dict[str, Callable[[], keras.Model]] = {"demo_cnn": demo_cnn, "mlp": mlp}
+def residual_cnn() -> keras.Model:
+    """Fashion-MNIST CNN with BatchNormalization and a residual block (conv-BN-ReLU, two convs added back)."""
+    inputs = keras.Input((28, 28, 1), name="image")
+    x = keras.layers.Conv2D(16, 3, use_bias=False, name="conv1")(inputs)
+    x = keras.layers.BatchNormalization(name="bn1")(x)
+    x = keras.layers.ReLU(name="relu1")(x)
+    y = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="res_conv1")(x)
+    y = keras.layers.Conv2D(16, 3, padding="same", name="res_conv2")(y)
+    x = keras.layers.Add(name="residual")([x, y])
+    x = keras.layers.ReLU(name="relu2")(x)
+    x = keras.layers.MaxPooling2D(name="pool")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    x = keras.layers.Dense(64, activation="relu", name="fc1")(x)
+    outputs = keras.layers.Dense(10, name="logits")(x)
+    return keras.Model(inputs, outputs, name="residual_cnn")
+
+
+ARCHITECTURES: dict[str, Callable[[], keras.Model]] = {"demo_cnn": demo_cnn, "mlp": mlp, "residual_cnn": residual_cnn}
 
 
 def compile_for_classification(model: keras.Model, learning_rate: float = 1e-3) -> keras.Model:

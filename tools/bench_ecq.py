@@ -1,4 +1,4 @@
-"""ECQ on Fashion-MNIST: float vs ECQ accuracy/sparsity/entropy at 2-5 bit, and train-step time ECQ / float.
+"""ECQ on Fashion-MNIST: float vs ECQ accuracy/sparsity/entropy at 2-5 bit, and train-step time ECQ, ECQx / float.
 
     python tools/bench_ecq.py [--models demo_cnn mlp] [--bits 2 3 4 5] [--lambdas 0.1 0.3] [--epochs 1]
 
@@ -11,6 +11,7 @@ import argparse
 import os
 import statistics
 import time
+from typing import NamedTuple
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -25,23 +26,40 @@ from tf_ecqx.models import compile_for_classification, trained_float_model  # no
 from tf_ecqx.report import model_totals  # noqa: E402
 
 
-def step_seconds(models: dict[str, keras.Model], x: np.ndarray, y: np.ndarray, steps: int, repeats: int) -> dict:
-    """Seconds per train step of each model on the same batch, measured interleaved (model A, B, A, B, ...)."""
+class Timed(NamedTuple):
+    """A compiled model to time, and the RelevanceCallback that runs after each of its steps (ECQx), if any."""
+
+    model: keras.Model
+    callback: tf_ecqx.RelevanceCallback | None = None
+
+
+def step_seconds(models: dict[str, Timed], x: np.ndarray, y: np.ndarray, steps: int, repeats: int) -> dict:
+    """Seconds per train step (relevance refresh included) of each model on the same batch, measured interleaved
+    (model A, B, A, B, ...)."""
     functions = {}
-    for name, model in models.items():
-        functions[name] = model.make_train_function()
+    for name, timed in models.items():
         batch = iter(tf.data.Dataset.from_tensors((x, y)).repeat())
-        functions[name] = (functions[name], batch)
-        for _ in range(5):  # trace and warm up
-            functions[name][0](batch)
+        if timed.callback is not None:
+            timed.callback.set_model(timed.model)
+            timed.callback.on_train_begin()
+        functions[name] = (timed.model.make_train_function(), batch, timed.callback)
     times: dict[str, list[float]] = {name: [] for name in models}
-    for _ in range(repeats):
-        for name, (train_function, batch) in functions.items():
+    for repeat in range(repeats + 1):  # the first round traces and warms up
+        for name, (train_function, batch, callback) in functions.items():
             start = time.perf_counter()
-            for _ in range(steps):
+            for step in range(steps):
                 train_function(batch)
-            times[name].append((time.perf_counter() - start) / steps)
+                if callback is not None:
+                    callback.on_train_batch_end(step)
+            if repeat:
+                times[name].append((time.perf_counter() - start) / steps)
     return times
+
+
+def ecqx_timed(model: keras.Model, x: np.ndarray, y: np.ndarray, every_n_steps: int) -> Timed:
+    """A 4-bit ECQx QAT model of `model` with its relevance callback on the timing batch."""
+    qmodel = tf_ecqx.quantize_model(model, bits=4, lambda_=0.2, relevance="epsilon_plus_flat_bn_pass")
+    return Timed(compile_for_classification(qmodel), tf_ecqx.RelevanceCallback((x, y), every_n_steps))
 
 
 def main() -> None:
@@ -83,16 +101,18 @@ def main() -> None:
 
         x, y = train.x[: args.batch_size], train.y[: args.batch_size]
         timed = {
-            "float": compile_for_classification(keras.models.clone_model(model)),
-            "tfmot int8 QAT": compile_for_classification(tfmot.quantization.keras.quantize_model(model)),
-            "ECQ 4-bit": compile_for_classification(tf_ecqx.quantize_model(model, bits=4, lambda_=0.2)),
+            "float": Timed(compile_for_classification(keras.models.clone_model(model))),
+            "tfmot int8 QAT": Timed(compile_for_classification(tfmot.quantization.keras.quantize_model(model))),
+            "ECQ 4-bit": Timed(compile_for_classification(tf_ecqx.quantize_model(model, bits=4, lambda_=0.2))),
+            "ECQx 4-bit, relevance every step": ecqx_timed(model, x, y, 1),
+            "ECQx 4-bit, relevance every 10 steps": ecqx_timed(model, x, y, 10),
         }
         times = step_seconds(timed, x, y, args.timing_steps, args.timing_repeats)
         print(
             f"\n{name} train step, batch {args.batch_size}, {args.timing_repeats} interleaved repeats of "
             f"{args.timing_steps} steps:"
         )
-        for label in ("tfmot int8 QAT", "ECQ 4-bit"):
+        for label in list(timed)[1:]:
             ratios = [t / f for t, f in zip(times[label], times["float"])]
             print(
                 f"  {label}: median {1e3 * statistics.median(times[label]):.2f} ms vs float "

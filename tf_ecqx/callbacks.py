@@ -80,6 +80,8 @@ class RelevanceCallback(keras.callbacks.Callback):
         self._innvestigate: InnvestigateBackend | None = None
         self._steps = 0
         self._refreshed = False
+        self._compiled_store: Any = None
+        self._compiled_refresh: Any = None
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         self._kernels = [k for k in quantized_kernels(self.model) if k.quantizer.relevance is not None]
@@ -94,6 +96,7 @@ class RelevanceCallback(keras.callbacks.Callback):
         self._source = relevance_source(sources.pop())
         if self._source.backend == INNVESTIGATE:
             self._innvestigate = InnvestigateBackend().start()
+        self._compile()
         self._batches = iter(self._dataset)
         self._steps = 0
         self._refreshed = False
@@ -115,22 +118,32 @@ class RelevanceCallback(keras.callbacks.Callback):
             x, y = next(self._batches)[:2]
         except StopIteration:
             raise ValueError("RelevanceCallback data is empty: it needs at least one (x, y) batch.") from None
-        batch = self._weight_relevances(x, _class_indices(y))
-        keep = self.momentum if self._refreshed else 0.0
+        targets = _class_indices(y)
+        keep = tf.constant(self.momentum if self._refreshed else 0.0)
         steps_per_execution = getattr(self.model, "_steps_per_execution", None)
-        budget = self.every_n_steps * (1 if steps_per_execution is None else int(steps_per_execution))
-        for k in self._kernels:
-            if k.layer_name not in batch:
-                raise ValueError(f"RelevanceCallback: LRP returned no relevance for layer {k.layer_name!r}.")
-            relevance = k.state["relevance"]
-            relevance.assign((1.0 - keep) * tf.cast(batch[k.layer_name], tf.float32) + keep * relevance)
-            k.state["relevance_budget"].assign(float(budget))
-        self._refreshed = True
-
-    def _weight_relevances(self, x: tf.Tensor, targets: tf.Tensor) -> dict[str, Any]:
+        budget = tf.constant(
+            float(self.every_n_steps * (1 if steps_per_execution is None else int(steps_per_execution)))
+        )
         if self._innvestigate is not None:
-            return self._innvestigate.weight_relevances(
+            relevances = self._innvestigate.weight_relevances(
                 self.model, x.numpy(), analyzer=self._source.name, neuron_selection=targets.numpy()
             )
-        run = compiled_lrp(self.model, get_composite(self._source.name), self.output)
-        return run(tf.cast(x, self.model.inputs[0].dtype), targets)[1]
+            self._compiled_store(relevances, keep, budget)
+        else:
+            self._compiled_refresh(tf.cast(x, self.model.inputs[0].dtype), targets, keep, budget)
+        self._refreshed = True
+
+    def _store(self, relevances: dict[str, Any], keep: tf.Tensor, budget: tf.Tensor) -> None:
+        for k in self._kernels:
+            if k.layer_name not in relevances:
+                raise ValueError(f"RelevanceCallback: LRP returned no relevance for layer {k.layer_name!r}.")
+            relevance = k.state["relevance"]
+            relevance.assign((1.0 - keep) * tf.cast(relevances[k.layer_name], tf.float32) + keep * relevance)
+            k.state["relevance_budget"].assign(budget)
+
+    def _compile(self) -> None:
+        """One graph per refresh (LRP, momentum mix, budget) instead of a handful of eager ops per kernel."""
+        self._compiled_store = tf.function(self._store)
+        if self._source.backend != INNVESTIGATE:
+            run = compiled_lrp(self.model, get_composite(self._source.name), self.output)
+            self._compiled_refresh = tf.function(lambda x, t, keep, budget: self._store(run(x, t)[1], keep, budget))

@@ -171,3 +171,18 @@ def test_empty_relevance_data_is_refused(fashion_small, ecqx_model):
     callback = tf_ecqx.RelevanceCallback((train.x[:0], train.y[:0]))
     with pytest.raises(ValueError, match="data is empty"):
         qmodel.fit(train.x[:64], train.y[:64], epochs=1, callbacks=[callback], verbose=0)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (lambda x, y: (x, y + 10), r"labels outside \[0, 10\)"),
+        (lambda x, y: (x[:, :20], y), r"samples of shape \(20, 28, 1\); the model expects \(28, 28, 1\)"),
+    ],
+)
+def test_relevance_data_that_does_not_fit_the_model_is_refused(data, message, fashion_small, ecqx_model):
+    train, _ = fashion_small
+    qmodel = ecqx_model()
+    callback = tf_ecqx.RelevanceCallback(data(train.x[:64], train.y[:64]))
+    with pytest.raises(ValueError, match=message):
+        qmodel.fit(train.x[:64], train.y[:64], epochs=1, callbacks=[callback], verbose=0)

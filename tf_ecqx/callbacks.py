@@ -119,6 +119,7 @@ class RelevanceCallback(keras.callbacks.Callback):
         except StopIteration:
             raise ValueError("RelevanceCallback data is empty: it needs at least one (x, y) batch.") from None
         targets = _class_indices(y)
+        self._check_batch(x, targets)
         keep = tf.constant(self.momentum if self._refreshed else 0.0)
         steps_per_execution = getattr(self.model, "_steps_per_execution", None)
         budget = tf.constant(
@@ -132,6 +133,19 @@ class RelevanceCallback(keras.callbacks.Callback):
         else:
             self._compiled_refresh(tf.cast(x, self.model.inputs[0].dtype), targets, keep, budget)
         self._refreshed = True
+
+    def _check_batch(self, x: tf.Tensor, targets: tf.Tensor) -> None:
+        expected = tuple(self.model.inputs[0].shape[1:])
+        if len(x.shape) != len(expected) + 1 or any(e not in (None, s) for e, s in zip(expected, x.shape[1:])):
+            raise ValueError(
+                f"RelevanceCallback data has samples of shape {tuple(x.shape[1:])}; the model expects {expected}."
+            )
+        classes = self.model.outputs[0].shape[-1]
+        if int(tf.reduce_min(targets)) < 0 or int(tf.reduce_max(targets)) >= classes:
+            raise ValueError(
+                f"RelevanceCallback data has labels outside [0, {classes}) (min {int(tf.reduce_min(targets))}, max "
+                f"{int(tf.reduce_max(targets))}): pass integer class labels (or one-hot rows) of the model's outputs."
+            )
 
     def _store(self, relevances: dict[str, Any], keep: tf.Tensor, budget: tf.Tensor) -> None:
         for k in self._kernels:

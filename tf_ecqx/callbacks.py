@@ -1,8 +1,11 @@
-"""RelevanceCallback: keeps the weight relevances of an ECQx model current during `model.fit` (ECQX_METHOD.md §5)."""
+"""Callbacks for `model.fit`: RelevanceCallback keeps ECQx's weight relevances current (ECQX_METHOD.md §5);
+QuantizationMetrics writes per-layer sparsity, entropy and lambda to the Keras logs and TensorBoard."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,6 +17,7 @@ from tf_ecqx.relevance.composites import get_composite
 from tf_ecqx.relevance.innvestigate_backend import InnvestigateBackend
 from tf_ecqx.relevance.lrp import OUTPUTS, compiled_lrp
 from tf_ecqx.relevance.sources import INNVESTIGATE, RelevanceSource, relevance_source
+from tf_ecqx.report import layer_stats, model_totals
 
 REFERENCE_BATCH_SIZE = 64
 
@@ -26,6 +30,13 @@ def check_momentum(momentum: float) -> float:
             "a number in [0, 1) (reference 0.1)."
         )
     return float(momentum)
+
+
+def check_step_count(name: str, value: int) -> int:
+    """Return value if it is an integer >= 1 (a number of training steps)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}={value!r} must be an integer >= 1 (a number of training steps).")
+    return value
 
 
 def _batches(data: Any, batch_size: int) -> tf.data.Dataset:
@@ -66,8 +77,7 @@ class RelevanceCallback(keras.callbacks.Callback):
         batch_size: int = REFERENCE_BATCH_SIZE,
     ):
         super().__init__()
-        if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps < 1:
-            raise ValueError(f"every_n_steps={every_n_steps!r} must be an integer >= 1.")
+        check_step_count("every_n_steps", every_n_steps)
         if output not in OUTPUTS:
             raise ValueError(f"output={output!r} is not known; use one of {OUTPUTS}.")
         self.every_n_steps = every_n_steps
@@ -161,3 +171,61 @@ class RelevanceCallback(keras.callbacks.Callback):
         if self._source.backend != INNVESTIGATE:
             run = compiled_lrp(self.model, get_composite(self._source.name), self.output)
             self._compiled_refresh = tf.function(lambda x, t, keep, budget: self._store(run(x, t)[1], keep, budget))
+
+
+class QuantizationMetrics(keras.callbacks.Callback):
+    """Per-layer sparsity, entropy (bits/weight) and layer lambda, plus model totals, during fit (like tfmot's
+    PruningSummaries).
+
+    At each epoch end they are added to the logs (so History and later callbacks see them) as "ecqx/<layer>/sparsity"
+    etc. and "ecqx/sparsity", "ecqx/entropy"; with a log_dir they are also written as TensorBoard scalars, at each
+    epoch end and every `update_freq` training steps if given.
+    """
+
+    def __init__(self, log_dir: str | os.PathLike | None = None, update_freq: int | None = None):
+        super().__init__()
+        if update_freq is not None:
+            check_step_count("update_freq", update_freq)
+        self.log_dir = None if log_dir is None else Path(log_dir)
+        self.update_freq = update_freq
+        self._writer: Any = None
+        self._step = 0
+
+    def metrics(self) -> dict[str, float]:
+        """The current values, keyed as in the logs."""
+        stats = layer_stats(self.model)
+        totals = model_totals(stats)
+        values = {"ecqx/sparsity": totals.sparsity, "ecqx/entropy": totals.entropy}
+        for s in stats:
+            values |= {
+                f"ecqx/{s.name}/sparsity": s.sparsity,
+                f"ecqx/{s.name}/entropy": s.entropy,
+                f"ecqx/{s.name}/lambda": s.layer_lambda,
+            }
+        return values
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        if self.log_dir is not None and self._writer is None:
+            self._writer = tf.summary.create_file_writer(str(self.log_dir / "ecqx"))
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self._step += 1
+        if self.update_freq and self._step % self.update_freq == 0:
+            self._write(self.metrics())
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        values = self.metrics()
+        if logs is not None:
+            logs.update(values)
+        self._write(values)
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+
+    def _write(self, values: dict[str, float]) -> None:
+        if self._writer is None:
+            return
+        with self._writer.as_default(step=self._step):
+            for name, value in values.items():
+                tf.summary.scalar(name, value)

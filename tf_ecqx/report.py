@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from tf_ecqx._keras import keras
+from tf_ecqx.ecq.assign import layer_lambda
 from tf_ecqx.quantization.api import quantized_kernels
 from tf_ecqx.relevance.composites import Composite
 from tf_ecqx.relevance.lrp import checked_input, lrp
@@ -26,6 +27,7 @@ class LayerStats:
     sparsity: float  # fraction of zero codes
     entropy: float  # bits per weight of the empirical code distribution
     distinct_codes: int
+    layer_lambda: float  # the lambda the assignment uses: user lambda * lambda_max * size factor
 
     @property
     def entropy_bytes(self) -> float:
@@ -57,6 +59,14 @@ def layer_stats(qmodel: keras.Model) -> list[LayerStats]:
                 sparsity=float(np.mean(codes == 0)),
                 entropy=code_entropy(codes),
                 distinct_codes=int(np.unique(codes).size),
+                layer_lambda=float(
+                    layer_lambda(
+                        kernel.kernel,
+                        kernel.quantizer.grid(kernel.state),
+                        kernel.quantizer.lambda_,
+                        kernel.state["size_factor"],
+                    )
+                ),
             )
         )
     return records

@@ -150,10 +150,24 @@ def ecq_assignment(
     layer_size_factor: float | tf.Tensor = 1.0,
 ) -> Assignment:
     """The full ECQ pipeline up to the costs: preliminary codes, zero-biased PMF, layer lambda, costs."""
+    info, layer_lam = _layer_terms(w, grid, lam, layer_size_factor)
+    return assignment_costs(w, grid, info, layer_lam)
+
+
+def _layer_terms(
+    w: tf.Tensor, grid: Grid, lam: float | tf.Tensor, layer_size_factor: float | tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Information content per level and the layer's lambda (user lambda * lambda_max * d_l)."""
     preliminary = nearest_codes(w, grid)
     info = information_content(zero_biased_pmf(preliminary, grid))
-    layer_lam = tf.cast(lam, tf.float32) * lambda_max(w, preliminary, info, grid) * layer_size_factor
-    return assignment_costs(w, grid, info, layer_lam)
+    return info, tf.cast(lam, tf.float32) * lambda_max(w, preliminary, info, grid) * layer_size_factor
+
+
+def layer_lambda(
+    w: tf.Tensor, grid: Grid, lam: float | tf.Tensor, layer_size_factor: float | tf.Tensor = 1.0
+) -> tf.Tensor:
+    """The lambda the assignment of this kernel uses: the user's lambda scaled by lambda_max and the size factor."""
+    return _layer_terms(tf.convert_to_tensor(w, tf.float32), grid, lam, layer_size_factor)[1]
 
 
 def normalized_relevance(relevance: tf.Tensor) -> tf.Tensor:

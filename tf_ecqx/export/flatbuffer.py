@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import flatbuffers
@@ -28,6 +29,28 @@ class WeightTensor:
     values: np.ndarray | None  # None while the tensor is stored sparse
     scales: np.ndarray
     sparse: bool
+
+
+def pack_int4(values: np.ndarray) -> bytes:
+    """Pack integers in [-8, 7] two per byte, LiteRT's INT4 layout: element 2i in the low nibble of byte i, element
+    2i + 1 in the high nibble (two's complement nibbles; an odd count leaves the last high nibble zero)."""
+    flat = np.asarray(values).reshape(-1)
+    if flat.size and (flat.min() < -8 or flat.max() > 7):
+        raise ValueError(f"INT4 holds values in [-8, 7]; got [{flat.min()}, {flat.max()}].")
+    nibbles = flat.astype(np.int8).view(np.uint8) & 0x0F
+    if nibbles.size % 2:
+        nibbles = np.append(nibbles, np.uint8(0))
+    return (nibbles[0::2] | (nibbles[1::2] << 4)).astype(np.uint8).tobytes()
+
+
+def unpack_int4(data: bytes, shape: list[int] | tuple[int, ...]) -> np.ndarray:
+    """The int8 values of a packed INT4 buffer (the inverse of pack_int4)."""
+    count = int(np.prod(shape))
+    packed = np.frombuffer(bytes(data), np.uint8)
+    if packed.size != (count + 1) // 2:
+        raise ValueError(f"An INT4 tensor of shape {list(shape)} has {(count + 1) // 2} bytes, not {packed.size}.")
+    nibbles = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(-1)[:count].astype(np.int8)
+    return np.where(nibbles > 7, nibbles - 16, nibbles).astype(np.int8).reshape(shape)
 
 
 def load(data: bytes) -> schema.ModelT:
@@ -60,11 +83,12 @@ def weight_tensors(model: schema.ModelT) -> list[WeightTensor]:
         tensor = graph.tensors[index]
         sparse = tensor.sparsity is not None
         data = model.buffers[tensor.buffer].data
-        values = (
-            None
-            if sparse or data is None
-            else np.frombuffer(bytes(data), NUMPY_TYPES[tensor.type]).reshape(tensor.shape)
-        )
+        if sparse or data is None:
+            values = None
+        elif tensor.type == schema.TensorType.INT4:
+            values = unpack_int4(data, tensor.shape)
+        else:
+            values = np.frombuffer(bytes(data), NUMPY_TYPES[tensor.type]).reshape(tensor.shape)
         scales = np.asarray(tensor.quantization.scale if tensor.quantization else [], np.float32)
         found.append(WeightTensor(name, index, tensor.name.decode(), values, scales, sparse))
     return found
@@ -139,12 +163,105 @@ def detach_densified_int8_weights(model: schema.ModelT) -> list[str]:
     return detached
 
 
-def _operator_code(model: schema.ModelT, builtin: int) -> int:
+# LiteRT's operator versions for an int8 input with an INT4 filter (tflite/tools/versioning/op_version.cc), and the
+# runtime version that introduced them (runtime_version.cc)
+INT4_OP_VERSIONS = {"CONV_2D": 7, "DEPTHWISE_CONV_2D": 7, "FULLY_CONNECTED": 10}
+INT4_MIN_RUNTIME = "2.11.0"
+
+
+@dataclass(frozen=True)
+class PackedFilter:
+    """An int8 filter that pack_int4_filters stored as packed INT4."""
+
+    op: str
+    tensor: str
+    int8_bytes: int
+    int4_bytes: int
+
+
+def int4_candidates(model: schema.ModelT) -> list[WeightTensor]:
+    """The filters that can be stored as INT4 without changing a value: dense int8 constants in [-8, 7] with zero
+    points 0, fed directly as the filter of a CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED with an int8 input, and
+    read by no other operator."""
+    graph = model.subgraphs[0]
+    readers: dict[int, int] = {}
+    for op in graph.operators:
+        for index in op.inputs:
+            readers[int(index)] = readers.get(int(index), 0) + 1
+    weights = {weight.index: weight for weight in weight_tensors(model)}
+    found = []
+    for op in graph.operators:
+        name = op_name(model, op)
+        if name not in INT4_OP_VERSIONS or int(op.inputs[WEIGHT_OPS[name]]) not in weights:
+            continue
+        weight = weights[int(op.inputs[WEIGHT_OPS[name]])]
+        tensor = graph.tensors[weight.index]
+        zero_points = tensor.quantization.zeroPoint if tensor.quantization is not None else None
+        if (
+            readers[weight.index] == 1
+            and graph.tensors[op.inputs[0]].type == schema.TensorType.INT8
+            and tensor.type == schema.TensorType.INT8
+            and weight.values is not None
+            and weight.scales.size > 0
+            and (zero_points is None or not np.any(np.asarray(zero_points)))
+            and weight.values.min(initial=0) >= -8
+            and weight.values.max(initial=0) <= 7
+        ):
+            found.append(weight)
+    return found
+
+
+def pack_int4_filters(model: schema.ModelT, tensors: Iterable[str] | None = None) -> list[PackedFilter]:
+    """Store int4_candidates filters (those named in `tensors`, default all) as packed INT4; returns what it packed.
+
+    Shape, scales and zero points stay; the buffer holds two values per byte (pack_int4). Each operator that now reads
+    an INT4 filter gets the version LiteRT assigns to int8 x int4 (INT4_OP_VERSIONS), through its own operator code
+    where operators of the same kind keep int8 filters, and the model's min_runtime_version becomes at least 2.11.0.
+    """
+    graph = model.subgraphs[0]
+    wanted = None if tensors is None else set(tensors)
+    candidates = {w.index: w for w in int4_candidates(model) if wanted is None or w.name in wanted}
+    packed = []
+    for op in graph.operators:
+        name = op_name(model, op)
+        if name not in INT4_OP_VERSIONS or int(op.inputs[WEIGHT_OPS[name]]) not in candidates:
+            continue
+        weight = candidates.pop(int(op.inputs[WEIGHT_OPS[name]]))
+        tensor = graph.tensors[weight.index]
+        data = pack_int4(weight.values)
+        if sum(t.buffer == tensor.buffer for t in graph.tensors) > 1:  # a shared buffer gets its own copy
+            model.buffers.append(schema.BufferT())
+            tensor.buffer = len(model.buffers) - 1
+        model.buffers[tensor.buffer].data, tensor.type = data, schema.TensorType.INT4
+        code = model.operatorCodes[op.opcodeIndex]
+        op.opcodeIndex = _operator_code(
+            model, max(code.builtinCode, code.deprecatedBuiltinCode), max(code.version, INT4_OP_VERSIONS[name])
+        )
+        packed.append(PackedFilter(name, weight.name, weight.values.nbytes, len(data)))
+    if packed:
+        _raise_min_runtime_version(model, INT4_MIN_RUNTIME)
+    return packed
+
+
+def _raise_min_runtime_version(model: schema.ModelT, version: str) -> None:
+    """Set the converter's min_runtime_version metadata to `version` if it names an older runtime."""
+    for metadata in model.metadata or []:
+        if metadata.name != b"min_runtime_version":
+            continue
+        buffer = model.buffers[metadata.buffer]
+        old = bytes(buffer.data).rstrip(b"\0").decode(errors="replace")
+        parts = old.split(".")
+        if not all(part.isdigit() for part in parts) or tuple(map(int, parts)) < tuple(map(int, version.split("."))):
+            buffer.data = version.encode().ljust(max(len(buffer.data), len(version)), b"\0")
+
+
+def _operator_code(model: schema.ModelT, builtin: int, version: int | None = None) -> int:
+    """The index of an operator code for `builtin` (of exactly `version` if given), appended if there is none."""
     for index, code in enumerate(model.operatorCodes):
-        if max(code.builtinCode, code.deprecatedBuiltinCode) == builtin:
+        if max(code.builtinCode, code.deprecatedBuiltinCode) == builtin and version in (None, code.version):
             return index
     code = schema.OperatorCodeT()
-    code.builtinCode, code.deprecatedBuiltinCode, code.version = builtin, min(builtin, 127), 1
+    code.builtinCode, code.deprecatedBuiltinCode, code.version = builtin, min(builtin, 127), version or 1
     model.operatorCodes.append(code)
     return len(model.operatorCodes) - 1
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
@@ -123,7 +124,7 @@ def quantize_apply(
 
 
 def quantize_model(
-    model: keras.Model,
+    model: keras.Model | str | os.PathLike,
     bits: int = 4,
     lambda_: float = 0.05,
     exclude: ExcludeSpec | None = None,
@@ -139,8 +140,13 @@ def quantize_model(
     tf_ecqx.relevance.COMPOSITES, "lrp." prefix allowed) or "innvestigate:<analyzer>"; train it with
     `callbacks=[tf_ecqx.RelevanceCallback(train_data)]`. p is the sparsity ECQx may give back relative to ECQ.
     Activations get tfmot's 8-bit fake quantization so that a full-integer TFLite export is possible.
+    A Keras 3 model, or the path of a Keras 3 `.keras` file, is first rebuilt as tf_keras (tf_ecqx.from_keras3).
     """
     settings = ECQxWeightQuantizer(bits, lambda_, gradient, relevance, p).get_config()
+    if isinstance(model, (str, os.PathLike)) or any(c.__module__.startswith("keras.") for c in type(model).__mro__):
+        from tf_ecqx.keras3 import exclude_for_tf_keras, from_keras3  # the only module that imports Keras 3
+
+        model, exclude = from_keras3(model), exclude_for_tf_keras(exclude)
     check_model(model)
     excluded = excluded_layer_names(model, exclude)
     registry = ECQxQuantizeRegistry()

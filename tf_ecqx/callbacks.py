@@ -133,7 +133,7 @@ class RelevanceCallback(keras.callbacks.Callback):
         keep = tf.constant(self.momentum if self._refreshed else 0.0)
         steps_per_execution = getattr(self.model, "_steps_per_execution", None)
         budget = tf.constant(
-            float(self.every_n_steps * (1 if steps_per_execution is None else int(steps_per_execution)))
+            float(self.every_n_steps * (1 if steps_per_execution is None else int(steps_per_execution.numpy())))
         )
         if self._innvestigate is not None:
             relevances = self._innvestigate.weight_relevances(

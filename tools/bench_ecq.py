@@ -9,57 +9,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
-from typing import NamedTuple
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-import tensorflow_model_optimization as tfmot  # noqa: E402
+from bench_overhead import print_step_times  # noqa: E402  (tools/ is on sys.path when run as a script)
 
 import tf_ecqx  # noqa: E402
 from tf_ecqx._keras import keras  # noqa: E402
 from tf_ecqx.datasets import fashion_mnist  # noqa: E402
 from tf_ecqx.models import compile_for_classification, trained_float_model  # noqa: E402
 from tf_ecqx.report import model_totals  # noqa: E402
-
-
-class Timed(NamedTuple):
-    """A compiled model to time, and the RelevanceCallback that runs after each of its steps (ECQx), if any."""
-
-    model: keras.Model
-    callback: tf_ecqx.RelevanceCallback | None = None
-
-
-def step_seconds(models: dict[str, Timed], x: np.ndarray, y: np.ndarray, steps: int, repeats: int) -> dict:
-    """Seconds per train step (relevance refresh included) of each model on the same batch, measured interleaved
-    (model A, B, A, B, ...)."""
-    functions = {}
-    for name, timed in models.items():
-        batch = iter(tf.data.Dataset.from_tensors((x, y)).repeat())
-        if timed.callback is not None:
-            timed.callback.set_model(timed.model)
-            timed.callback.on_train_begin()
-        functions[name] = (timed.model.make_train_function(), batch, timed.callback)
-    times: dict[str, list[float]] = {name: [] for name in models}
-    for repeat in range(repeats + 1):  # the first round traces and warms up
-        for name, (train_function, batch, callback) in functions.items():
-            start = time.perf_counter()
-            for step in range(steps):
-                train_function(batch)
-                if callback is not None:
-                    callback.on_train_batch_end(step)
-            if repeat:
-                times[name].append((time.perf_counter() - start) / steps)
-    return times
-
-
-def ecqx_timed(model: keras.Model, x: np.ndarray, y: np.ndarray, every_n_steps: int) -> Timed:
-    """A 4-bit ECQx QAT model of `model` with its relevance callback on the timing batch."""
-    qmodel = tf_ecqx.quantize_model(model, bits=4, lambda_=0.2, relevance="epsilon_plus_flat_bn_pass")
-    return Timed(compile_for_classification(qmodel), tf_ecqx.RelevanceCallback((x, y), every_n_steps))
 
 
 def main() -> None:
@@ -99,27 +59,7 @@ def main() -> None:
                     flush=True,
                 )
 
-        x, y = train.x[: args.batch_size], train.y[: args.batch_size]
-        timed = {
-            "float": Timed(compile_for_classification(keras.models.clone_model(model))),
-            "tfmot int8 QAT": Timed(compile_for_classification(tfmot.quantization.keras.quantize_model(model))),
-            "ECQ 4-bit": Timed(compile_for_classification(tf_ecqx.quantize_model(model, bits=4, lambda_=0.2))),
-            "ECQx 4-bit, relevance every step": ecqx_timed(model, x, y, 1),
-            "ECQx 4-bit, relevance every 10 steps": ecqx_timed(model, x, y, 10),
-        }
-        times = step_seconds(timed, x, y, args.timing_steps, args.timing_repeats)
-        print(
-            f"\n{name} train step, batch {args.batch_size}, {args.timing_repeats} interleaved repeats of "
-            f"{args.timing_steps} steps:"
-        )
-        for label in list(timed)[1:]:
-            ratios = [t / f for t, f in zip(times[label], times["float"])]
-            print(
-                f"  {label}: median {1e3 * statistics.median(times[label]):.2f} ms vs float "
-                f"{1e3 * statistics.median(times['float']):.2f} ms; ratio to float min {min(ratios):.2f} "
-                f"median {statistics.median(ratios):.2f} max {max(ratios):.2f}",
-                flush=True,
-            )
+        print_step_times(name, model, train, args.batch_size, args.timing_steps, args.timing_repeats)
 
 
 if __name__ == "__main__":

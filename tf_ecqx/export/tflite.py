@@ -79,7 +79,8 @@ def _as_array(data: np.ndarray | tf.data.Dataset | Iterable, limit: int) -> np.n
     return np.asarray(samples, np.float32)
 
 
-def _convert(qmodel: keras.Model, calibration: np.ndarray, sparse: bool, float_io: bool) -> bytes:
+def convert_int8(qmodel: keras.Model, calibration: np.ndarray, sparse: bool, float_io: bool = False) -> bytes:
+    """Full-integer int8 TFLite of a QAT model (tf_ecqx's, or any tfmot QAT/float model), calibrated on samples."""
     converter = tf.lite.TFLiteConverter.from_keras_model(qmodel)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if sparse:
@@ -342,7 +343,7 @@ def to_tflite(
         verification_data if verification_data is not None else representative_data, VERIFICATION_SAMPLES
     )
 
-    dense = _convert(qmodel, calibration, sparse=False, float_io=float_io)
+    dense = convert_int8(qmodel, calibration, sparse=False, float_io=float_io)
     checks = check_kernels(qmodel, flatbuffer.load(dense))
     notes: list[str] = []
     arena = None
@@ -365,7 +366,7 @@ def to_tflite(
         if weight_dtype == "int4":
             data, checks = _pack_int4(qmodel, dense, samples, checks, notes)
         elif sparse:
-            sparse_model = flatbuffer.load(_convert(qmodel, calibration, sparse=True, float_io=float_io))
+            sparse_model = flatbuffer.load(convert_int8(qmodel, calibration, sparse=True, float_io=float_io))
             kept_dense = flatbuffer.densify_unprofitable(sparse_model, flatbuffer.load(dense))
             if kept_dense:
                 notes.append(f"stored densely, CSR would be larger (below ~2/3 sparsity): {kept_dense}")

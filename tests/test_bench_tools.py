@@ -1,0 +1,45 @@
+"""The benchmark scripts run end to end on a few points, so that they cannot rot (their numbers: BENCHMARKS.md)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+TOOLS = Path(__file__).resolve().parent.parent / "tools"
+
+
+def run_tool(script: str, *args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, str(TOOLS / script), *args], capture_output=True, text=True, timeout=900, check=False
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_bench_pareto_quick_path_writes_results_for_ours_and_tfmot(tmp_path):
+    out = run_tool(
+        "bench_pareto.py",
+        *("--quick", "--models", "demo_cnn", "--lambdas", "0.2", "--steps", "20", "--test-samples", "300"),
+        *("--out", str(tmp_path)),
+    )
+    results = json.loads((tmp_path / "pareto.json").read_text())
+    methods = {p["method"] for p in results["points"]}
+    assert methods == {"tfmot PTQ int8", "tfmot QAT int8", "ECQ", "ECQx"}, out
+    for point in results["points"]:
+        assert 0.5 < point["accuracy"] <= 1.0 and point["entropy_bound"] > 0
+        if point["method"] in ("ECQ", "ECQx"):
+            assert point["bits"] == 4 and point["bitstream"] < point["sparse_tflite_gz"] < point["micro"]
+    assert (tmp_path / "pareto.csv").read_text().count("\n") == len(results["points"]) + 1
+    assert (tmp_path / "pareto_demo_cnn.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_overhead_prints_ratios_for_every_variant():
+    out = run_tool("bench_overhead.py", "--models", "mlp", "--steps", "2", "--repeats", "1")
+    for label in ("tfmot int8 QAT", "ECQ 4-bit", "ECQx 4-bit, relevance every step", "every 10 steps"):
+        assert label in out and "ratio to float min" in out
+
+
+def test_bench_lrp_agrees_with_innvestigate():
+    out = run_tool("bench_lrp.py", "--models", "demo_cnn", "--rules", "lrp.epsilon", "--repeats", "1")
+    row = next(line for line in out.splitlines() if line.startswith("| demo_cnn"))
+    assert float(row.split("|")[6]) <= 1e-5, row

@@ -17,8 +17,8 @@ def check_model(model: object) -> keras.Model:
     """A built Sequential or functional tf_keras model that is not quantized yet and has finite weights."""
     if not isinstance(model, keras.Model):
         raise TypeError(
-            f"quantize_model expects a tf_keras Model, got {type(model).__name__}. Build the model with "
-            "`import tf_keras as keras` (a Keras 3 model must be rebuilt with tf_keras)."
+            f"quantize_model expects a tf_keras or Keras 3 Model (or the path of a .keras file), got "
+            f"{type(model).__name__}."
         )
     if not isinstance(model, keras.Sequential) and not getattr(model, "_is_graph_network", False):
         raise TypeError(

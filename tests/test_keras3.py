@@ -333,14 +333,16 @@ def test_exclude_takes_keras3_layer_classes_and_names():
         tf_ecqx.quantize_model(demo_cnn(), exclude=Twice)
 
 
-def test_keras_files_that_are_not_keras3_are_refused(tmp_path):
+def test_quantize_model_takes_a_tf_keras_file_and_from_keras3_refuses_it(tmp_path):
     tf_model = tf_keras.Sequential([tf_keras.Input((4,)), tf_keras.layers.Dense(2)])
     tf_model.save(tmp_path / "tf_keras.keras")
+    qmodel = tf_ecqx.quantize_model(tmp_path / "tf_keras.keras", bits=4)
+    assert [k.layer_name for k in quantized_kernels(qmodel)] == [tf_model.layers[-1].name]
     with pytest.raises(ValueError, match=r"saved by Keras 2\..*tf_keras\.models\.load_model"):
-        tf_ecqx.quantize_model(tmp_path / "tf_keras.keras")
+        tf_ecqx.from_keras3(tmp_path / "tf_keras.keras")
     (tmp_path / "broken.keras").write_bytes(b"not a zip archive")
     with pytest.raises(ValueError, match="not a `.keras` model archive"):
-        tf_ecqx.from_keras3(tmp_path / "broken.keras")
+        tf_ecqx.quantize_model(tmp_path / "broken.keras")
     with pytest.raises(FileNotFoundError, match="missing.keras"):
         tf_ecqx.quantize_model(str(tmp_path / "missing.keras"))
 

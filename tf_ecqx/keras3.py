@@ -22,16 +22,15 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from types import ModuleType
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from tf_ecqx._keras import keras as tf_keras
+from tf_ecqx.model_files import saved_keras_version
 from tf_ecqx.quantization.strip import strip
 
 try:
@@ -431,17 +430,7 @@ def _convert(model: Any, source: _Framework, target: _Framework) -> Any:
 
 
 def _load_keras3_file(path: str | os.PathLike) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"No Keras model file at {str(path)!r}.")
-    try:
-        with zipfile.ZipFile(path) as archive:
-            version = str(json.loads(archive.read("metadata.json")).get("keras_version", "unknown"))
-    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError) as error:
-        raise ValueError(
-            f"{str(path)!r} is not a `.keras` model archive (Keras 3 saves models with model.save('name.keras')); "
-            "load the model yourself and pass the model object."
-        ) from error
+    version = saved_keras_version(path)
     if not version.startswith("3."):
         raise ValueError(
             f"{str(path)!r} was saved by Keras {version} (tf_keras), not Keras 3: load it with "

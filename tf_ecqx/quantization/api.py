@@ -14,6 +14,7 @@ from tensorflow_model_optimization.python.core.quantization.keras.quantize_wrapp
 
 from tf_ecqx._keras import keras
 from tf_ecqx.ecq.assign import size_factor
+from tf_ecqx.model_files import load_float_model
 from tf_ecqx.quantization.configs import KERNEL_ATTRS, ECQxQuantizeConfig
 from tf_ecqx.quantization.loading_fixes import LOADING_OBJECTS
 from tf_ecqx.quantization.model_checks import ExcludeSpec, check_model, check_supported, excluded_layer_names
@@ -123,6 +124,11 @@ def quantize_apply(
     return qmodel
 
 
+def _is_keras3(cls: type) -> bool:
+    """Whether a class comes from Keras 3 (module "keras.*"), told without importing Keras 3."""
+    return any(c.__module__.startswith("keras.") for c in cls.__mro__)
+
+
 def quantize_model(
     model: keras.Model | str | os.PathLike,
     bits: int = 4,
@@ -140,13 +146,18 @@ def quantize_model(
     tf_ecqx.relevance.COMPOSITES, "lrp." prefix allowed) or "innvestigate:<analyzer>"; train it with
     `callbacks=[tf_ecqx.RelevanceCallback(train_data)]`. p is the sparsity ECQx may give back relative to ECQ.
     Activations get tfmot's 8-bit fake quantization so that a full-integer TFLite export is possible.
-    A Keras 3 model, or the path of a Keras 3 `.keras` file, is first rebuilt as tf_keras (tf_ecqx.from_keras3).
+    `model` may also be a Keras 3 model (rebuilt as tf_keras first, see tf_ecqx.from_keras3) or the path of a
+    `.keras` file written by either.
     """
     settings = ECQxWeightQuantizer(bits, lambda_, gradient, relevance, p).get_config()
-    if isinstance(model, (str, os.PathLike)) or any(c.__module__.startswith("keras.") for c in type(model).__mro__):
+    if isinstance(model, (str, os.PathLike)):
+        model = load_float_model(model)
+    if exclude is not None:
+        exclude = [exclude] if isinstance(exclude, (str, type)) else list(exclude)
+    if _is_keras3(type(model)) or any(isinstance(item, type) and _is_keras3(item) for item in exclude or []):
         from tf_ecqx.keras3 import exclude_for_tf_keras, from_keras3  # the only module that imports Keras 3
 
-        model, exclude = from_keras3(model), exclude_for_tf_keras(exclude)
+        model, exclude = from_keras3(model) if _is_keras3(type(model)) else model, exclude_for_tf_keras(exclude)
     check_model(model)
     excluded = excluded_layer_names(model, exclude)
     registry = ECQxQuantizeRegistry()

@@ -104,3 +104,34 @@ def fashion_mnist(directory: str | os.PathLike | None = None, use_tfds: bool = T
         "train-images-idx3-ubyte.gz etc.), or let tensorflow-datasets download it "
         f"(tried: {tfds_error})."
     )
+
+
+def load_npz(path: str | os.PathLike) -> tuple[Split, Split]:
+    """(train, test) from an .npz file with arrays x_train, y_train, x_test, y_test (images as in Split or uint8)."""
+    with np.load(path) as arrays:
+        missing = {"x_train", "y_train", "x_test", "y_test"} - set(arrays.files)
+        if missing:
+            raise ValueError(f"{path} lacks the arrays {sorted(missing)}; it needs x_train, y_train, x_test, y_test.")
+        splits = []
+        for split in ("train", "test"):
+            x, y = arrays[f"x_{split}"], arrays[f"y_{split}"].astype(np.int64).reshape(-1)
+            x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
+            if len(x) == 0 or len(x) != len(y):
+                raise ValueError(f"{path}: {len(x)} {split} samples and {len(y)} labels; both must be equal and > 0.")
+            splits.append(Split(x, y))
+    return splits[0], splits[1]
+
+
+def load(spec: str) -> tuple[Split, Split]:
+    """(train, test) named the way the CLI takes data: "fashion_mnist", a directory of IDX files, or an .npz file."""
+    if spec == "fashion_mnist":
+        return fashion_mnist()
+    path = Path(spec)
+    if path.is_dir():
+        return load_idx_dir(path)
+    if path.suffix == ".npz" and path.is_file():
+        return load_npz(path)
+    raise ValueError(
+        f"data {spec!r} is neither 'fashion_mnist', a directory with the four IDX files, nor an existing .npz file "
+        "with x_train, y_train, x_test, y_test."
+    )

@@ -1,4 +1,4 @@
-"""Which Keras wrote a `.keras` file, and loading a float model from one (tf_keras directly, Keras 3 via keras3.py)."""
+"""Which Keras wrote a `.keras` file, and loading a model from one (tf_keras directly, Keras 3 via keras3.py)."""
 
 from __future__ import annotations
 
@@ -25,10 +25,14 @@ def saved_keras_version(path: str | os.PathLike) -> str:
         ) from error
 
 
-def load_float_model(path: str | os.PathLike) -> keras.Model:
-    """The tf_keras model in a `.keras` file written by tf_keras or by Keras 3 (rebuilt as tf_keras)."""
+def load_model_file(path: str | os.PathLike) -> keras.Model:
+    """The tf_keras model in a `.keras` file: a float or tf_ecqx QAT model written by tf_keras, or a Keras 3 model
+    (rebuilt as tf_keras)."""
     if saved_keras_version(path).startswith("3."):
         from tf_ecqx.keras3 import from_keras3  # the only module that imports Keras 3
 
         return from_keras3(path)
-    return keras.models.load_model(path, compile=False)
+    from tf_ecqx.quantization.api import quantize_scope  # api imports this module
+
+    with quantize_scope():
+        return keras.models.load_model(path, compile=False)

@@ -178,7 +178,51 @@ def plot_relevance(
             axes.set_xticks([])
             axes.set_yticks([])
     figure.colorbar(shown, ax=figure.axes, shrink=0.6, label="relevance / max |R|")
+    return _save(figure, path)
+
+
+def _save(figure: Any, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, format="png", dpi=100)
     return path
+
+
+def plot_layer_stats(stats: list[LayerStats], path: str | Path) -> Path:
+    """Save a PNG of per-layer sparsity and entropy (bits per weight) as bars, layers in model order."""
+    from matplotlib.figure import Figure
+
+    if not stats:
+        raise ValueError("plot_layer_stats needs the statistics of at least one quantized layer.")
+    names = [s.name for s in stats]
+    figure = Figure(figsize=(max(4.0, 0.9 * len(stats) + 2), 5.5), layout="constrained")
+    sparsity, entropy = figure.subplots(2, 1, sharex=True)
+    sparsity.bar(names, [100 * s.sparsity for s in stats], color="tab:blue")
+    sparsity.set_ylabel("sparsity (%)")
+    sparsity.set_ylim(0, 100)
+    entropy.bar(names, [s.entropy for s in stats], color="tab:orange")
+    entropy.set_ylabel("entropy (bits/weight)")
+    entropy.set_ylim(0, max(s.bits for s in stats))
+    entropy.tick_params(axis="x", labelrotation=45)
+    return _save(figure, path)
+
+
+def plot_code_histogram(qmodel: keras.Model, layer: str, path: str | Path) -> Path:
+    """Save a PNG histogram of the integer codes of one quantized layer (log count axis: zero dominates)."""
+    from matplotlib.figure import Figure
+
+    kernels = {k.layer_name: k for k in quantized_kernels(qmodel)}
+    if layer not in kernels:
+        raise ValueError(f"No quantized layer {layer!r}; quantized layers: {', '.join(kernels) or 'none'}.")
+    kernel = kernels[layer]
+    codes = kernel.codes().numpy().ravel()
+    levels = np.arange(int(kernel.state["k_min"]), int(kernel.state["k_max"]) + 1)
+    counts = np.array([np.sum(codes == k) for k in levels])
+    figure = Figure(figsize=(6, 3.5), layout="constrained")
+    axes = figure.subplots()
+    axes.bar(levels, counts, color=np.where(levels == 0, "tab:red", "tab:blue"))
+    axes.set_yscale("log")
+    axes.set_xlabel("code k (value = k * step)")
+    axes.set_ylabel("weights")
+    axes.set_title(f"{layer}: {kernel.quantizer.bits}-bit codes, {np.mean(codes == 0):.1%} zero")
+    return _save(figure, path)

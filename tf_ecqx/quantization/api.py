@@ -14,7 +14,7 @@ from tensorflow_model_optimization.python.core.quantization.keras.quantize_wrapp
 
 from tf_ecqx._keras import keras
 from tf_ecqx.ecq.assign import size_factor
-from tf_ecqx.model_files import load_float_model
+from tf_ecqx.model_files import load_model_file
 from tf_ecqx.quantization.configs import KERNEL_ATTRS, ECQxQuantizeConfig
 from tf_ecqx.quantization.loading_fixes import LOADING_OBJECTS
 from tf_ecqx.quantization.model_checks import ExcludeSpec, check_model, check_supported, excluded_layer_names
@@ -151,7 +151,7 @@ def quantize_model(
     """
     settings = ECQxWeightQuantizer(bits, lambda_, gradient, relevance, p).get_config()
     if isinstance(model, (str, os.PathLike)):
-        model = load_float_model(model)
+        model = load_model_file(model)
     if exclude is not None:
         exclude = [exclude] if isinstance(exclude, (str, type)) else list(exclude)
     if _is_keras3(type(model)) or any(isinstance(item, type) and _is_keras3(item) for item in exclude or []):

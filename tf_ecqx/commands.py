@@ -1,0 +1,153 @@
+"""What `tf-ecqx quantize`, `report` and `explain` do, as functions (the CLI only parses arguments and prints)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tf_ecqx import datasets
+from tf_ecqx._keras import keras
+from tf_ecqx.callbacks import QuantizationMetrics, RelevanceCallback
+from tf_ecqx.export.bitstream import save as save_bitstream
+from tf_ecqx.export.tflite import to_tflite
+from tf_ecqx.model_files import load_model_file
+from tf_ecqx.models import compile_for_classification
+from tf_ecqx.quantization.api import quantize_model
+from tf_ecqx.quantization.quantizers import ECQxWeightQuantizer
+from tf_ecqx.report import (
+    LayerStats,
+    format_layer_table,
+    layer_stats,
+    plot_code_histogram,
+    plot_layer_stats,
+    plot_relevance,
+)
+
+REPORT_FILE = "report.json"
+QAT_FILE = "qat.keras"
+ARTIFACTS = {  # file in the output directory -> what it is
+    QAT_FILE: "QAT model (tf_keras, load inside tf_ecqx.quantize_scope())",
+    "model_int8_sparse.tflite": "LiteRT (phones): full-integer int8, sparse filters",
+    "model_micro.tflite": "TFLM (microcontrollers): int8 with LUT-compressed kernels",
+    "kernels.ecqx": "entropy-coded bitstream of the kernel codes",
+}
+
+
+@dataclass(frozen=True)
+class QuantizeSettings:
+    bits: int = 4
+    lambda_: float = 0.1
+    relevance: str | None = None
+    p: float = 0.1
+    epochs: int = 2
+    batch_size: int = 64
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        ECQxWeightQuantizer(self.bits, self.lambda_, "reference", self.relevance, self.p)  # validates them
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
+            raise ValueError(f"epochs={self.epochs!r} must be an integer >= 1.")
+
+
+def _progress(quiet: bool, message: str) -> None:
+    if not quiet:
+        print(message, flush=True)
+
+
+def quantize_to_directory(
+    model_path: str | os.PathLike, data: str, out: str | os.PathLike, settings: QuantizeSettings, quiet: bool = False
+) -> dict[str, Any]:
+    """Quantize a float `.keras` classifier (logits out, integer labels) with ECQ/ECQx, fine-tune it with fit, and write
+    the QAT model, both TFLite targets, the bitstream, report.json and plots to `out`. Returns the report."""
+    float_model = load_model_file(model_path)
+    train, test = datasets.load(data)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    compile_for_classification(float_model)
+    float_accuracy = float(float_model.evaluate(test.as_dataset(256), verbose=0)[1])
+    keras.utils.set_random_seed(settings.seed)
+    qmodel = quantize_model(
+        float_model, bits=settings.bits, lambda_=settings.lambda_, relevance=settings.relevance, p=settings.p
+    )
+    compile_for_classification(qmodel)
+    train_data = train.as_dataset(settings.batch_size, shuffle=True, seed=settings.seed)
+    callbacks: list[keras.callbacks.Callback] = [QuantizationMetrics(log_dir=out / "logs")]
+    if settings.relevance is not None:
+        callbacks.append(RelevanceCallback(train_data))
+    method = "ECQx" if settings.relevance else "ECQ"
+    _progress(quiet, f"[1/4] {method} {settings.bits}-bit fine-tuning for {settings.epochs} epoch(s)")
+    qmodel.fit(train_data, epochs=settings.epochs, callbacks=callbacks, verbose=0 if quiet else 2)
+    accuracy = float(qmodel.evaluate(test.as_dataset(256), verbose=0)[1])
+    qmodel.save(out / QAT_FILE)
+
+    calibration = train.x[:200]
+    _progress(quiet, "[2/4] exporting model_int8_sparse.tflite (LiteRT), verified in LiteRT")
+    mobile = to_tflite(qmodel, out / "model_int8_sparse.tflite", calibration, verification_data=test.x[:500])
+    _progress(quiet, "[3/4] exporting model_micro.tflite (TFLM, LUT), verified in the TFLM interpreter")
+    micro = to_tflite(qmodel, out / "model_micro.tflite", calibration, "micro", verification_data=test.x[:500])
+    _progress(quiet, "[4/4] bitstream, report.json, plots")
+    save_bitstream(qmodel, out / "kernels.ecqx")
+    stats = layer_stats(qmodel)
+    plot_layer_stats(stats, out / "layers.png")
+    largest = max(stats, key=lambda s: s.n_weights).name
+    plot_code_histogram(qmodel, largest, out / f"codes_{largest}.png")
+    report = {
+        "model": str(model_path),
+        "data": data,
+        "settings": asdict(settings),
+        "float_accuracy": float_accuracy,
+        "accuracy": accuracy,
+        "layers": [s.as_dict() for s in stats],
+        "exports": {
+            result.path.name: {
+                "bytes": result.bytes,
+                "argmax_agreement": result.argmax_agreement,
+                "notes": result.notes,
+            }
+            for result in (mobile, micro)
+        },
+    }
+    (out / REPORT_FILE).write_text(json.dumps(report, indent=1))
+    return report
+
+
+def report_text(target: str | os.PathLike) -> str:
+    """The per-layer table (and, for an output directory of `quantize`, accuracies and file sizes) as text."""
+    target = Path(target)
+    if target.is_dir():
+        report_path = target / REPORT_FILE
+        if not report_path.is_file():
+            raise FileNotFoundError(f"{target} has no {REPORT_FILE}: pass an output directory of `tf-ecqx quantize`.")
+        report = json.loads(report_path.read_text())
+        stats = [LayerStats(**layer) for layer in report["layers"]]
+        head = (
+            f"{report['model']} on {report['data']}: float accuracy {report['float_accuracy']:.4f}, quantized "
+            f"{report['accuracy']:.4f} ({100 * (report['accuracy'] - report['float_accuracy']):+.2f} pp)"
+        )
+        present = [name for name in ARTIFACTS if (target / name).exists()]
+        return "\n\n".join([head, format_layer_table(stats), _file_sizes_of(target, present)])
+    stats = layer_stats(load_model_file(target))
+    if not stats:
+        raise ValueError(f"{target} holds no tf_ecqx-quantized layer; pass a QAT model or a `quantize` directory.")
+    return format_layer_table(stats)
+
+
+def _file_sizes_of(directory: Path, names: list[str]) -> str:
+    width = max((len(name) for name in names), default=4)
+    lines = [f"{'file':<{width}}  {'bytes':>9}  what", "-" * (width + 40)]
+    lines += [f"{name:<{width}}  {(directory / name).stat().st_size:>9}  {ARTIFACTS[name]}" for name in names]
+    return "\n".join(lines)
+
+
+def explain(model_path: str | os.PathLike, data: str, out: str | os.PathLike, samples: int = 16) -> Path:
+    """Input-relevance heatmaps (LRP) of the first `samples` test images for a float or QAT `.keras` model."""
+    if samples < 1:
+        raise ValueError(f"samples={samples} must be >= 1.")
+    _, test = datasets.load(data)
+    model = load_model_file(model_path)
+    return plot_relevance(model, test.x[:samples], out, y=np.asarray(test.y[:samples], np.int32))

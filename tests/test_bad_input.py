@@ -1,4 +1,9 @@
-"""Bad input: each case is a clear error that says what was passed and what is allowed."""
+"""The bad-input matrix: each case is a clear error that says what was passed and what is allowed, and nothing is
+written half-way or changed in the user's model. (Corrupt, truncated, foreign and other-version bitstreams and
+`load_into` mismatches have their own table in test_bitstream.py.)"""
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
@@ -12,24 +17,7 @@ def dense_model() -> keras.Model:
     return keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
 
 
-@pytest.mark.parametrize("bits", [1, 9, 16, 0, -4, 4.5])
-def test_bits_out_of_range(bits):
-    with pytest.raises(ValueError, match=rf"bits={bits!r} is not supported.*2 to 8"):
-        tf_ecqx.quantize_model(dense_model(), bits=bits)
-
-
-@pytest.mark.parametrize("lambda_", [-0.1, float("nan"), float("inf")])
-def test_lambda_negative_or_not_finite(lambda_):
-    with pytest.raises(ValueError, match=r"lambda_=.* finite number >= 0"):
-        tf_ecqx.quantize_model(dense_model(), lambda_=lambda_)
-
-
-def test_unknown_gradient_rule():
-    with pytest.raises(ValueError, match="gradient='sign'.*reference"):
-        tf_ecqx.quantize_model(dense_model(), gradient="sign")
-
-
-def test_subclassed_model():
+def subclassed_model() -> keras.Model:
     class Net(keras.Model):
         def __init__(self):
             super().__init__()
@@ -40,61 +28,157 @@ def test_subclassed_model():
 
     net = Net()
     net(np.zeros((1, 4), np.float32))
-    with pytest.raises(TypeError, match="subclassed model.*functional API"):
-        tf_ecqx.quantize_model(net)
+    return net
 
 
-def test_unbuilt_model():
-    with pytest.raises(ValueError, match="not built.*model.build"):
-        tf_ecqx.quantize_model(keras.Sequential([keras.layers.Dense(4)]))
-
-
-def test_not_a_model():
-    with pytest.raises(TypeError, match="expects a tf_keras Model, got Dense"):
-        tf_ecqx.quantize_model(keras.layers.Dense(4))
-
-
-def test_unsupported_layer_names_it_and_says_how_to_exclude_it():
+def lstm_model() -> keras.Model:
     inputs = keras.Input((5, 3))
     x = keras.layers.LSTM(4, name="my_lstm")(inputs)
-    model = keras.Model(inputs, keras.layers.Dense(2)(x))
-    with pytest.raises(ValueError, match=r"'my_lstm' \(LSTM\).*exclude=\['my_lstm'\].*quantize_annotate_layer"):
-        tf_ecqx.quantize_model(model)
-    qmodel = tf_ecqx.quantize_model(model, exclude=["my_lstm"])  # the suggested fix works
-    assert [s.name for s in tf_ecqx.layer_stats(qmodel)] == [model.layers[-1].name]
+    return keras.Model(inputs, keras.layers.Dense(2)(x))
 
 
-@pytest.mark.parametrize("bad", [np.nan, np.inf])
-def test_non_finite_kernel(bad):
+def non_finite_model(bad: float) -> keras.Model:
     model = dense_model()
     kernel = model.layers[0].kernel.numpy()
     kernel[0, 0] = bad
     model.layers[0].kernel.assign(kernel)
-    with pytest.raises(ValueError, match="of layer 'dense.*contains NaN or inf.*Retrain or reload"):
-        tf_ecqx.quantize_model(model)
+    return model
 
 
-def test_already_quantized_model():
-    qmodel = tf_ecqx.quantize_model(dense_model())
-    with pytest.raises(ValueError, match="already quantized.*quantize_scope"):
-        tf_ecqx.quantize_model(qmodel)
+class Context(NamedTuple):
+    x: np.ndarray
+    y: np.ndarray
+    trained: keras.Model  # an ECQx QAT model after a few fit steps
+    untrained: keras.Model  # quantized, never fit
+    out: Any  # a fresh directory
 
 
-def test_exclude_unknown_layer_name():
-    with pytest.raises(ValueError, match="exclude names 'nope'.*its layers are"):
-        tf_ecqx.quantize_model(small_cnn(), exclude=["nope"])
+def compiled(qmodel: keras.Model) -> keras.Model:
+    qmodel.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return qmodel
 
 
-def test_everything_excluded():
-    with pytest.raises(ValueError, match="no kernel that ECQx quantizes.*exclude"):
-        tf_ecqx.quantize_model(dense_model(), exclude=[keras.layers.Dense])
+def fit_with_relevance(ctx: Context, data: Any) -> None:
+    qmodel = compiled(tf_ecqx.quantize_model(small_cnn(), bits=4, relevance="epsilon_plus_flat"))
+    qmodel.fit(ctx.x[:64], ctx.y[:64], epochs=1, callbacks=[tf_ecqx.RelevanceCallback(data)], verbose=0)
 
 
-def test_bad_input_leaves_the_user_model_untouched():
+class Case(NamedTuple):
+    action: Callable[[Context], Any]
+    error: type[Exception]
+    message: str
+
+
+CASES = {
+    # quantize_model arguments
+    **{
+        f"bits={b!r}": Case(lambda c, b=b: tf_ecqx.quantize_model(dense_model(), bits=b), ValueError, "2 to 8")
+        for b in (1, 9, 16, 0, -4, 4.5)
+    },
+    **{
+        f"lambda={v!r}": Case(
+            lambda c, v=v: tf_ecqx.quantize_model(dense_model(), lambda_=v), ValueError, "finite number >= 0"
+        )
+        for v in (-0.1, float("nan"), float("inf"))
+    },
+    **{
+        f"p={v!r}": Case(
+            lambda c, v=v: tf_ecqx.quantize_model(dense_model(), relevance="epsilon", p=v), ValueError, "in \\[0, 1\\]"
+        )
+        for v in (-0.1, 1.5, float("nan"))
+    },
+    "gradient unknown": Case(lambda c: tf_ecqx.quantize_model(dense_model(), gradient="sign"), ValueError, "reference"),
+    "relevance composite unknown": Case(
+        lambda c: tf_ecqx.quantize_model(dense_model(), relevance="lrp.nonsense"), ValueError, "known LRP composite"
+    ),
+    "relevance not an LRP analyzer": Case(
+        lambda c: tf_ecqx.quantize_model(dense_model(), relevance="innvestigate:gradient"), ValueError, "LRP analyzer"
+    ),
+    # the model
+    "not a model": Case(lambda c: tf_ecqx.quantize_model(keras.layers.Dense(4)), TypeError, "got Dense"),
+    "subclassed model": Case(lambda c: tf_ecqx.quantize_model(subclassed_model()), TypeError, "functional API"),
+    "unbuilt model": Case(
+        lambda c: tf_ecqx.quantize_model(keras.Sequential([keras.layers.Dense(4)])), ValueError, "model.build"
+    ),
+    "already quantized": Case(lambda c: tf_ecqx.quantize_model(c.trained), ValueError, "already quantized"),
+    "unsupported layer": Case(
+        lambda c: tf_ecqx.quantize_model(lstm_model()), ValueError, r"'my_lstm' \(LSTM\).*exclude=\['my_lstm'\]"
+    ),
+    "NaN weights": Case(lambda c: tf_ecqx.quantize_model(non_finite_model(np.nan)), ValueError, "NaN or inf"),
+    "inf weights": Case(lambda c: tf_ecqx.quantize_model(non_finite_model(np.inf)), ValueError, "NaN or inf"),
+    "exclude unknown name": Case(
+        lambda c: tf_ecqx.quantize_model(small_cnn(), exclude=["nope"]), ValueError, "exclude names 'nope'"
+    ),
+    "everything excluded": Case(
+        lambda c: tf_ecqx.quantize_model(dense_model(), exclude=[keras.layers.Dense]), ValueError, "no kernel"
+    ),
+    "model file missing": Case(lambda c: tf_ecqx.quantize_model(c.out / "none.keras"), FileNotFoundError, "none.keras"),
+    # training data and the relevance callback
+    "momentum=1": Case(lambda c: tf_ecqx.RelevanceCallback((c.x, c.y), momentum=1.0), ValueError, "in \\[0, 1\\)"),
+    "every_n_steps=0": Case(
+        lambda c: tf_ecqx.RelevanceCallback((c.x, c.y), every_n_steps=0), ValueError, "integer >= 1"
+    ),
+    "relevance output unknown": Case(
+        lambda c: tf_ecqx.RelevanceCallback((c.x, c.y), output="logits"), ValueError, "'logits' is not known"
+    ),
+    "relevance data empty": Case(lambda c: fit_with_relevance(c, (c.x[:0], c.y[:0])), ValueError, "data is empty"),
+    "relevance data of another shape": Case(
+        lambda c: fit_with_relevance(c, (c.x[:64, :20], c.y[:64])), ValueError, r"shape \(20, 28, 1\).*\(28, 28, 1\)"
+    ),
+    "labels out of range": Case(
+        lambda c: fit_with_relevance(c, (c.x[:64], c.y[:64] + 10)), ValueError, r"labels outside \[0, 10\)"
+    ),
+    "ECQx fit without the callback": Case(
+        lambda c: compiled(tf_ecqx.quantize_model(small_cnn(), relevance="epsilon")).fit(c.x[:64], c.y[:64], verbose=0),
+        Exception,  # tf.errors.InvalidArgumentError, raised inside the compiled step
+        "RelevanceCallback",
+    ),
+    # export
+    "export of a never-trained model": Case(
+        lambda c: tf_ecqx.export.to_tflite(c.untrained, c.out / "m.tflite", c.x[:32]), ValueError, "never trained"
+    ),
+    "representative data empty": Case(
+        lambda c: tf_ecqx.export.to_tflite(c.trained, c.out / "m.tflite", c.x[:0]), ValueError, "is empty"
+    ),
+    "export path not writable": Case(
+        lambda c: tf_ecqx.export.to_tflite(c.trained, c.out / "no" / "m.tflite", c.x[:32]), PermissionError, "writable"
+    ),
+    "bitstream path not writable": Case(
+        lambda c: tf_ecqx.export.save(c.trained, c.out / "no" / "k.ecqx"), PermissionError, "writable"
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def models(fashion_small) -> tuple[keras.Model, keras.Model]:
+    train, _ = fashion_small
+    keras.utils.set_random_seed(0)
+    trained = compiled(tf_ecqx.quantize_model(small_cnn(), bits=4))
+    trained.fit(train.x[:256], train.y[:256], batch_size=64, epochs=1, verbose=0)
+    return trained, tf_ecqx.quantize_model(small_cnn(), bits=4)
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_bad_input_is_a_clear_error_and_writes_nothing(case, models, fashion_small, tmp_path):
+    train, _ = fashion_small
+    ctx = Context(train.x[:256], train.y[:256], *models, tmp_path)
+    weights = [w.numpy().copy() for w in ctx.trained.weights]
+    with pytest.raises(case.error, match=case.message):
+        case.action(ctx)
+    assert not any(tmp_path.iterdir()), "nothing may be written when the input is refused"
+    assert all(np.array_equal(a, b.numpy()) for a, b in zip(weights, ctx.trained.weights))
+
+
+def test_the_suggested_fix_for_an_unsupported_layer_works():
+    model = lstm_model()
+    qmodel = tf_ecqx.quantize_model(model, exclude=["my_lstm"])
+    assert [s.name for s in tf_ecqx.layer_stats(qmodel)] == [model.layers[-1].name]
+
+
+def test_refused_quantization_leaves_the_user_model_untouched():
     model = small_cnn()
     weights = [w.copy() for w in model.get_weights()]
-    with pytest.raises(ValueError):
-        tf_ecqx.quantize_model(model, bits=12)
-    with pytest.raises(ValueError):
-        tf_ecqx.quantize_model(model, exclude=["nope"])
+    for bad in ({"bits": 12}, {"exclude": ["nope"]}, {"relevance": "nonsense"}):
+        with pytest.raises(ValueError):
+            tf_ecqx.quantize_model(model, **bad)
     assert all(np.array_equal(a, b) for a, b in zip(weights, model.get_weights()))

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import tensorflow as tf
 from conftest import small_cnn
 
 import tf_ecqx
@@ -51,13 +50,6 @@ def trained(fashion_small, float_cnn):
     callback = tf_ecqx.RelevanceCallback((train.x, train.y), every_n_steps=2)
     history = qmodel.fit(train.x, train.y, batch_size=64, epochs=1, callbacks=[callback], verbose=0)
     return qmodel, history
-
-
-def test_fit_without_the_callback_refuses_to_run(fashion_small, ecqx_model):
-    train, _ = fashion_small
-    qmodel = ecqx_model()
-    with pytest.raises(tf.errors.InvalidArgumentError, match="RelevanceCallback"):
-        qmodel.fit(train.x[:128], train.y[:128], batch_size=64, epochs=1, verbose=0)
 
 
 def test_ecqx_training_learns_and_keeps_sparsity_in_the_interval(trained, fashion_small):
@@ -129,60 +121,9 @@ def test_innvestigate_source_trains(fashion_small, ecqx_model):
         assert np.count_nonzero(kernel.state["relevance"].numpy()) > 0, kernel.layer_name
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [
-        ({"p": 1.5}, "p=1.5 is not allowed"),
-        ({"p": float("nan")}, "p=nan is not allowed"),
-        ({"relevance": "lrp.nonsense"}, "not a known LRP composite"),
-        ({"relevance": "innvestigate:gradient"}, "needs an LRP analyzer"),
-    ],
-)
-def test_bad_ecqx_arguments_are_refused(kwargs, message):
-    with pytest.raises(ValueError, match=message):
-        tf_ecqx.quantize_model(small_cnn(), bits=4, **kwargs)
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [
-        ({"momentum": 1.0}, "momentum=1.0 is not allowed"),
-        ({"every_n_steps": 0}, "every_n_steps=0"),
-        ({"output": "logits"}, "output='logits' is not known"),
-    ],
-)
-def test_bad_callback_arguments_are_refused(kwargs, message, fashion_small):
-    train, _ = fashion_small
-    with pytest.raises(ValueError, match=message):
-        tf_ecqx.RelevanceCallback((train.x, train.y), **kwargs)
-
-
 def test_callback_on_an_ecq_model_says_what_to_do(fashion_small):
     train, _ = fashion_small
     qmodel = compiled(tf_ecqx.quantize_model(small_cnn(), bits=4))
     callback = tf_ecqx.RelevanceCallback((train.x, train.y))
     with pytest.raises(ValueError, match="has no ECQx kernel"):
-        qmodel.fit(train.x[:64], train.y[:64], epochs=1, callbacks=[callback], verbose=0)
-
-
-def test_empty_relevance_data_is_refused(fashion_small, ecqx_model):
-    train, _ = fashion_small
-    qmodel = ecqx_model()
-    callback = tf_ecqx.RelevanceCallback((train.x[:0], train.y[:0]))
-    with pytest.raises(ValueError, match="data is empty"):
-        qmodel.fit(train.x[:64], train.y[:64], epochs=1, callbacks=[callback], verbose=0)
-
-
-@pytest.mark.parametrize(
-    ("data", "message"),
-    [
-        (lambda x, y: (x, y + 10), r"labels outside \[0, 10\)"),
-        (lambda x, y: (x[:, :20], y), r"samples of shape \(20, 28, 1\); the model expects \(28, 28, 1\)"),
-    ],
-)
-def test_relevance_data_that_does_not_fit_the_model_is_refused(data, message, fashion_small, ecqx_model):
-    train, _ = fashion_small
-    qmodel = ecqx_model()
-    callback = tf_ecqx.RelevanceCallback(data(train.x[:64], train.y[:64]))
-    with pytest.raises(ValueError, match=message):
         qmodel.fit(train.x[:64], train.y[:64], epochs=1, callbacks=[callback], verbose=0)

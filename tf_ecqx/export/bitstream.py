@@ -29,6 +29,7 @@ import tensorflow as tf
 
 from tf_ecqx._keras import keras
 from tf_ecqx.ecq.grid import check_bits
+from tf_ecqx.export.files import check_writable
 from tf_ecqx.quantization.api import QuantizedKernel, quantized_kernels
 
 MAGIC = b"ECQX"
@@ -277,7 +278,8 @@ def encode(qmodel: keras.Model) -> bytes:
 
 def save(qmodel: keras.Model, path: str | Path) -> None:
     """Write `encode(qmodel)` to `path`."""
-    Path(path).write_bytes(encode(qmodel))
+    path = check_writable(path)
+    path.write_bytes(encode(qmodel))
 
 
 # --- loading into models ---

@@ -16,10 +16,12 @@ from typing import Literal
 
 import numpy as np
 import tensorflow as tf
+from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import QuantizeLayer
 from tflite_micro import compression
 
 from tf_ecqx._keras import keras
 from tf_ecqx.export import flatbuffer
+from tf_ecqx.export.files import check_writable
 from tf_ecqx.export.runtimes import run_litert, run_tflm
 from tf_ecqx.quantization.api import QuantizedKernel, frozen_kernels, quantized_kernels
 
@@ -77,6 +79,20 @@ def _as_array(data: np.ndarray | tf.data.Dataset | Iterable, limit: int) -> np.n
     if len(samples) == 0:
         raise ValueError("representative_data is empty: pass at least one input sample (e.g. 100-500 training images).")
     return np.asarray(samples, np.float32)
+
+
+def _check_calibrated(qmodel: keras.Model) -> None:
+    """Refuse a QAT model that never ran fit: its input range is still tfmot's initial [0, 0], so every int8 input
+    would be zero and the exported model would output a constant (which would even 'agree' with Keras)."""
+    for layer in qmodel.layers:
+        if isinstance(layer, QuantizeLayer):
+            low, high = (w.numpy() for w in layer.weights if w.name.endswith(("_min:0", "_max:0")))
+            if low == high:
+                raise ValueError(
+                    f"qmodel was never trained: the input range of {layer.name!r} is still [{low}, {high}] (tfmot "
+                    "calibrates activation ranges during fit). Fine-tune it with model.fit (a few steps suffice) "
+                    "before exporting."
+                )
 
 
 def convert_int8(qmodel: keras.Model, calibration: np.ndarray, sparse: bool, float_io: bool = False) -> bytes:
@@ -164,12 +180,6 @@ def _compress_for_micro(data: bytes, qmodel: keras.Model, checks: list[KernelChe
         )
         specs.add_tensor(0, by_name[check.tensor].index).with_lut(index_bitwidth=kernel.quantizer.bits, mode=mode)
     return bytes(compression.compress(data, specs.build()))
-
-
-def _check_writable(path: Path) -> None:
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir() or not os.access(directory, os.W_OK):
-        raise PermissionError(f"Cannot write {path}: {directory} is not a writable directory. Choose another path.")
 
 
 def _agreement(reference: np.ndarray, outputs: np.ndarray) -> tuple[float, float]:
@@ -312,10 +322,10 @@ def to_tflite(
         raise ValueError(f"target={target!r} is not known; use one of {TARGETS}.")
     if weight_dtype not in WEIGHT_DTYPES:
         raise ValueError(f"weight_dtype={weight_dtype!r} is not known; use one of {WEIGHT_DTYPES}.")
-    path = Path(path)
-    _check_writable(path)
+    path = check_writable(path)
     if not any(True for _ in quantized_kernels(qmodel)):
         raise ValueError("qmodel has no ECQx-quantized kernel: pass the model returned by tf_ecqx.quantize_model.")
+    _check_calibrated(qmodel)
     if weight_dtype == "int4":
         if target != "mobile":
             raise ValueError(

@@ -46,7 +46,8 @@ def test_sparsity_lies_in_the_interval_below_ecq(data, w, bits, lam, p):
     relevance = data.draw(arrays(np.float32, w.shape, elements=relevance_values))
     ecq, ecqx = ecq_and_ecqx(w, relevance, bits, lam, p)
     n_ecq, n_ecqx = np.sum(ecq == 0), np.sum(ecqx == 0)
-    assert n_ecq - np.floor(np.float32(w.size) * np.float32(p)) <= n_ecqx <= n_ecq
+    dead_kept = np.sum((relevance == 0) & (ecq != 0))  # zero relevance: zero for every beta, on top of the interval
+    assert n_ecq - np.floor(np.float32(w.size) * np.float32(p)) <= n_ecqx <= n_ecq + dead_kept
     changed = ecqx != ecq
     assert np.all((ecqx[changed] == 0) | (ecq[changed] == 0)), "ECQx only moves weights to or from the zero level"
 
@@ -74,6 +75,17 @@ def test_relevance_moves_zeros_from_relevant_to_irrelevant_weights(rng):
     assert relevance[kept].mean() > 5 * relevance[pruned].mean()
 
 
+def test_zero_relevance_weights_are_zeroed_on_top_of_the_interval(rng):
+    """Dead weights (zero relevance on every batch) go to zero; the live ones keep ECQ's sparsity interval."""
+    w = rng.normal(0, 1, 4000).astype(np.float32)
+    relevance = rng.random(4000).astype(np.float32) ** 3
+    relevance[:1200] = 0.0
+    ecq, ecqx = ecq_and_ecqx(w, relevance, 4, 0.1, 0.1)
+    assert np.all(ecqx[:1200] == 0) and np.sum(ecq[:1200] != 0) > 300
+    live_zeros, live_ecq_zeros = np.sum(ecqx[1200:] == 0), np.sum(ecq == 0) - np.sum(ecq[:1200] == 0)
+    assert live_zeros <= live_ecq_zeros and np.sum(ecqx == 0) >= np.sum(ecq == 0) - 400
+
+
 def test_corrected_zero_cost_decides_at_the_chosen_beta(rng):
     """The one-pass decision t(w) <= beta equals the method's rule 2 r^beta C_0 <= C_nz away from exact ties."""
     w = tf.constant(rng.normal(0, 1, 3000).astype(np.float32))
@@ -82,7 +94,7 @@ def test_corrected_zero_cost_decides_at_the_chosen_beta(rng):
     costs = assign.ecq_assignment(w, grid, 0.4)
     t = assign.zeroing_thresholds(costs, r)
     ecq_zeros = tf.reduce_sum(tf.cast(tf.equal(assign.choose_codes(costs), 0), tf.int32))
-    choice = assign.relevance_beta(t, r, ecq_zeros, 0.1)
+    choice = assign.relevance_beta(t, r, ecq_zeros - 300, ecq_zeros)
     assert bool(choice.feasible) and 0 < float(choice.beta) <= 1
     corrected = 2.0 * np.power(r.numpy().astype(np.float64), float(choice.beta)) * costs.zero_cost.numpy()
     method_zero = corrected <= costs.nonzero_cost.numpy()

@@ -196,24 +196,22 @@ class RelevanceBeta(NamedTuple):
     feasible: tf.Tensor
 
 
-def relevance_beta(t: tf.Tensor, r: tf.Tensor, ecq_zeros: tf.Tensor, p: float | tf.Tensor) -> RelevanceBeta:
+def relevance_beta(t: tf.Tensor, r: tf.Tensor, fewest: tf.Tensor, most: tf.Tensor) -> RelevanceBeta:
     """beta = clip(min(beta_0, 1), beta_lo, beta_hi) with beta_0 = ln 0.5 / ln(mean r), in one pass.
 
-    The zero count at beta is #{t <= beta}; with M = ecq_zeros it must lie in [M - floor(N p), M]. Too few zeros at
-    min(beta_0, 1): beta_lo, the (M - floor(N p))-th smallest t; too many: beta_hi, just below the (M + 1)-th smallest.
-    Infeasible (no beta > 0 in the interval) only when many weights share one t, e.g. zero relevance where ECQ keeps
-    the weight.
+    The zero count at beta is #{t <= beta} and must lie in [fewest, most]. Too few zeros at min(beta_0, 1): beta_lo,
+    the fewest-th smallest t; too many: beta_hi, just below the (most + 1)-th smallest. Infeasible (no beta > 0 in the
+    interval) only when many weights share one t.
     """
     n = tf.size(t)
-    fewest = ecq_zeros - tf.cast(tf.floor(tf.cast(n, tf.float32) * tf.cast(p, tf.float32)), tf.int32)
     start = tf.minimum(tf.math.log(0.5) / tf.math.log(tf.reduce_mean(r)), 1.0)
     zeros_at_start = tf.reduce_sum(tf.cast(t <= start, tf.int32))
     too_few = zeros_at_start < fewest
-    bound = kth_smallest(t, tf.clip_by_value(tf.where(too_few, fewest - 1, ecq_zeros), 0, n - 1))
-    too_many_beta = tf.where(zeros_at_start > ecq_zeros, tf.math.nextafter(bound, -float("inf")), start)
+    bound = kth_smallest(t, tf.clip_by_value(tf.where(too_few, fewest - 1, most), 0, n - 1))
+    too_many_beta = tf.where(zeros_at_start > most, tf.math.nextafter(bound, -float("inf")), start)
     beta = tf.where(too_few, bound, too_many_beta)
     zeros = tf.reduce_sum(tf.cast(t <= beta, tf.int32))
-    feasible = tf.logical_and(tf.logical_and(zeros >= fewest, zeros <= ecq_zeros), beta > 0.0)
+    feasible = tf.logical_and(tf.logical_and(zeros >= fewest, zeros <= most), beta > 0.0)
     return RelevanceBeta(beta=beta, feasible=feasible)
 
 
@@ -225,10 +223,13 @@ def ecqx_codes(
     p: float | tf.Tensor = 0.1,
     layer_size_factor: float | tf.Tensor = 1.0,
 ) -> tf.Tensor:
-    """Relevance-corrected codes (ECQX_METHOD.md §4): zero cost C_0 * 2 r^beta, sparsity within [s_ECQ - p, s_ECQ].
+    """Relevance-corrected codes (ECQX_METHOD.md §4): zero cost C_0 * 2 r^beta, sparsity within [s_ECQ - p, s_ECQ]
+    plus the weights of zero relevance.
 
-    Where the relevance cannot rank the weights (all r equal, e.g. all zero before the first refresh) or no beta meets
-    the interval, the ECQ codes are returned: uninformative relevance must not change the assignment.
+    A weight with zero relevance (no contribution on any batch seen: a dead input or unit) is zero for every beta,
+    as the method's cost says; the interval bounds the zeros among the other weights, so dead weights add sparsity
+    instead of making the interval unreachable. Where the relevance cannot rank the weights (all r equal, e.g. all
+    zero before the first refresh) or no beta meets the interval, the ECQ codes are returned.
     """
     w = tf.convert_to_tensor(w, tf.float32)
     assignment = ecq_assignment(w, grid, lam, layer_size_factor)
@@ -236,7 +237,9 @@ def ecqx_codes(
     r = normalized_relevance(relevance)
     t = zeroing_thresholds(assignment, r)
     ecq_zeros = tf.reduce_sum(tf.cast(tf.equal(ecq, 0), tf.int32))
-    choice = relevance_beta(t, r, ecq_zeros, p)
+    dead_kept = tf.reduce_sum(tf.cast(tf.logical_and(r <= 0.0, tf.not_equal(ecq, 0)), tf.int32))
+    give_back = tf.cast(tf.floor(tf.cast(tf.size(w), tf.float32) * tf.cast(p, tf.float32)), tf.int32)
+    choice = relevance_beta(t, r, ecq_zeros - give_back, ecq_zeros + dead_kept)
     informative = tf.reduce_max(r) > tf.reduce_min(r)
     corrected = tf.where(t <= choice.beta, tf.zeros_like(ecq), assignment.nonzero_code)
     return tf.where(tf.logical_and(informative, choice.feasible), corrected, ecq)

@@ -179,14 +179,17 @@ def normalized_relevance(relevance: tf.Tensor) -> tf.Tensor:
 def zeroing_thresholds(assignment: Assignment, r: tf.Tensor) -> tf.Tensor:
     """t(w): the weight goes to zero under the corrected cost 2 r^beta C_0 <= C_nz exactly when beta >= t(w).
 
-    For 0 < r < 1, t = ln(C_nz / (2 C_0)) / ln r. A weight with r = 0, or whose zero cost stays the lower one even when
-    doubled, is zero for every beta > 0 (t = -inf); r = 1 makes the factor 2 for every beta (t = -inf or +inf).
+    For 0 < r < 1, t = ln(C_nz / (2 C_0)) / ln r. r = 1 makes the factor 2 for every beta (t = -inf or +inf). A weight
+    with r = 0 has no evidence at all (no contribution on any batch seen, e.g. its unit was never active): it keeps
+    ECQ's decision (t = -inf if ECQ zeroes it, else +inf) instead of the cost's "zero for every beta", which would prune
+    whole units that were merely inactive on the first batches.
     """
     log_ratio = tf.math.log(assignment.nonzero_cost) - tf.math.log(2.0 * assignment.zero_cost)
     interior = tf.logical_and(r > 0.0, r < 1.0)
     t = log_ratio / tf.math.log(tf.where(interior, r, 0.5))
-    always = tf.where(log_ratio >= 0.0, -float("inf"), float("inf"))
-    return tf.where(interior, t, tf.where(r <= 0.0, -float("inf"), always))
+    doubled = tf.where(log_ratio >= 0.0, -float("inf"), float("inf"))
+    unseen = tf.where(assignment.zero_cost <= assignment.nonzero_cost, -float("inf"), float("inf"))
+    return tf.where(interior, t, tf.where(r <= 0.0, unseen, doubled))
 
 
 class RelevanceBeta(NamedTuple):
@@ -223,13 +226,11 @@ def ecqx_codes(
     p: float | tf.Tensor = 0.1,
     layer_size_factor: float | tf.Tensor = 1.0,
 ) -> tf.Tensor:
-    """Relevance-corrected codes (ECQX_METHOD.md §4): zero cost C_0 * 2 r^beta, sparsity within [s_ECQ - p, s_ECQ]
-    plus the weights of zero relevance.
+    """Relevance-corrected codes (ECQX_METHOD.md §4): zero cost C_0 * 2 r^beta, sparsity within [s_ECQ - p, s_ECQ].
 
-    A weight with zero relevance (no contribution on any batch seen: a dead input or unit) is zero for every beta,
-    as the method's cost says; the interval bounds the zeros among the other weights, so dead weights add sparsity
-    instead of making the interval unreachable. Where the relevance cannot rank the weights (all r equal, e.g. all
-    zero before the first refresh) or no beta meets the interval, the ECQ codes are returned.
+    Weights with zero relevance keep ECQ's decision (see zeroing_thresholds). Where the relevance cannot rank the
+    weights (all r equal, e.g. all zero before the first refresh) or no beta meets the interval, the ECQ codes are
+    returned: uninformative relevance must not change the assignment.
     """
     w = tf.convert_to_tensor(w, tf.float32)
     assignment = ecq_assignment(w, grid, lam, layer_size_factor)
@@ -237,9 +238,8 @@ def ecqx_codes(
     r = normalized_relevance(relevance)
     t = zeroing_thresholds(assignment, r)
     ecq_zeros = tf.reduce_sum(tf.cast(tf.equal(ecq, 0), tf.int32))
-    dead_kept = tf.reduce_sum(tf.cast(tf.logical_and(r <= 0.0, tf.not_equal(ecq, 0)), tf.int32))
     give_back = tf.cast(tf.floor(tf.cast(tf.size(w), tf.float32) * tf.cast(p, tf.float32)), tf.int32)
-    choice = relevance_beta(t, r, ecq_zeros - give_back, ecq_zeros + dead_kept)
+    choice = relevance_beta(t, r, ecq_zeros - give_back, ecq_zeros)
     informative = tf.reduce_max(r) > tf.reduce_min(r)
     corrected = tf.where(t <= choice.beta, tf.zeros_like(ecq), assignment.nonzero_code)
     return tf.where(tf.logical_and(informative, choice.feasible), corrected, ecq)

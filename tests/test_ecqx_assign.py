@@ -57,7 +57,7 @@ def test_a_more_relevant_weight_is_never_zeroed_while_an_equal_cost_less_relevan
     values = data.draw(arrays(np.float32, st.integers(1, 150), elements=st.floats(-3, 3, width=32)))
     w = np.concatenate([values, values])  # weight i and i + n have equal costs
     # among weights with evidence: zero relevance means "never seen contributing" and keeps ECQ's decision
-    positive = st.floats(1e-6, 1e3, width=32, allow_subnormal=False)
+    positive = st.floats(2.0**-20, 1e3, width=32, allow_subnormal=False)
     relevance = data.draw(arrays(np.float32, w.shape, elements=positive))
     _, ecqx = ecq_and_ecqx(w, relevance, bits, lam, p)
     first, second = np.split(ecqx == 0, 2)

@@ -325,7 +325,6 @@ def to_tflite(
     path = check_writable(path)
     if not any(True for _ in quantized_kernels(qmodel)):
         raise ValueError("qmodel has no ECQx-quantized kernel: pass the model returned by tf_ecqx.quantize_model.")
-    _check_calibrated(qmodel)
     if weight_dtype == "int4":
         if target != "mobile":
             raise ValueError(
@@ -348,6 +347,7 @@ def to_tflite(
                 f"{', '.join(too_wide)} would not fit. Quantize with bits<={INT4_MAX_BITS} or use weight_dtype='int8'."
             )
     sparse = weight_dtype == "int8" if sparse is None else sparse
+    _check_calibrated(qmodel)
     calibration = _as_array(representative_data, CALIBRATION_SAMPLES)
     samples = _as_array(
         verification_data if verification_data is not None else representative_data, VERIFICATION_SAMPLES

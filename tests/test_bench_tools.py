@@ -22,14 +22,14 @@ def test_bench_pareto_quick_path_writes_results_for_ours_and_tfmot(tmp_path):
         *("--quick", "--models", "demo_cnn", "--lambdas", "0.2", "--steps", "20", "--test-samples", "300"),
         *("--out", str(tmp_path)),
     )
-    results = json.loads((tmp_path / "pareto.json").read_text())
+    results = json.loads((tmp_path / "pareto_demo_cnn.json").read_text())
     methods = {p["method"] for p in results["points"]}
     assert methods == {"tfmot PTQ int8", "tfmot QAT int8", "ECQ", "ECQx"}, out
     for point in results["points"]:
         assert 0.5 < point["accuracy"] <= 1.0 and point["entropy_bound"] > 0
         if point["method"] in ("ECQ", "ECQx"):
             assert point["bits"] == 4 and point["bitstream"] < point["sparse_tflite_gz"] < point["micro"]
-    assert (tmp_path / "pareto.csv").read_text().count("\n") == len(results["points"]) + 1
+    assert (tmp_path / "pareto_demo_cnn.csv").read_text().count("\n") == len(results["points"]) + 1
     assert (tmp_path / "pareto_demo_cnn.png").read_bytes()[:4] == b"\x89PNG"
 
 

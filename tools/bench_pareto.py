@@ -7,7 +7,8 @@ lr 1e-3, batch 64, `--steps` steps on the shuffled 60k training images; the mult
 budget for each stage). Accuracy is that of the exported `.tflite` run in LiteRT on the 10k test images (tfmot's files
 are run dense: LiteRT's default XNNPACK delegate cannot prepare their int8 DENSIFY weights; the math is the same).
 Sizes: our bitstream, gzip -9 of the sparse int8 `.tflite`, the micro (TFLM LUT) flatbuffer, and the entropy bound of
-the int8 kernel values. Results go to benchmarks/results/pareto.{csv,json} and pareto_<model>.png.
+the int8 kernel values. Results: benchmarks/results/full/pareto_<model>.{csv,json,png} (--quick: results/quick/),
+rewritten after every point.
 --quick: demo CNN and MLP at 4 bit, two lambdas each for ECQ/ECQx, tfmot PTQ and QAT, 300 steps (about 10 minutes).
 """
 
@@ -208,16 +209,17 @@ def plot(points: list[Point], model: str, float_accuracy: float, path: Path) -> 
     figure.savefig(path, dpi=120, bbox_inches="tight")
 
 
-def write(points: list[Point], floats: dict[str, float], settings: dict, out: Path) -> None:
+def write(points: list[Point], model: str, float_accuracy: float, settings: dict, out: Path) -> None:
+    """One model's results: pareto_<model>.{json,csv,png} (rewritten after every point, so a stopped run keeps them)."""
     out.mkdir(parents=True, exist_ok=True)
     rows = [dataclasses.asdict(p) for p in points]
-    (out / "pareto.json").write_text(json.dumps({"settings": settings, "float": floats, "points": rows}, indent=1))
-    with (out / "pareto.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    document = {"settings": settings, "model": model, "float_accuracy": float_accuracy, "points": rows}
+    (out / f"pareto_{model}.json").write_text(json.dumps(document, indent=1))
+    with (out / f"pareto_{model}.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[field.name for field in dataclasses.fields(Point)])
         writer.writeheader()
         writer.writerows(rows)
-    for model, accuracy in floats.items():
-        plot([p for p in points if p.model == model], model, accuracy, out / f"pareto_{model}.png")
+    plot(points, model, float_accuracy, out / f"pareto_{model}.png")
 
 
 def print_point(p: Point) -> None:
@@ -230,6 +232,26 @@ def print_point(p: Point) -> None:
     )
 
 
+def run_model(name: str, args: argparse.Namespace, train: Split, test: Split, settings: dict) -> None:
+    """tfmot's pipelines, then the ECQ/ECQx grid, for one model; results written after every point."""
+    model = trained_float_model(name, train, verbose=0)
+    float_accuracy = float(model.evaluate(test.as_dataset(512), verbose=0)[1])
+    print(f"| {name} | float (Keras) | 32 | - | {float_accuracy:.4f} | | | | | | |")
+    points: list[Point] = []
+
+    def record(point: Point) -> None:
+        points.append(point)
+        print_point(point)
+        write(points, name, float_accuracy, settings, args.out)
+
+    for method, pipeline in tfmot_pipelines(args.prune).items():
+        record(baseline(name, model, method, pipeline, train, test, args.steps))
+    for method in args.methods:
+        for bits in args.bits:
+            for lam in args.lambdas:
+                record(ours(name, model, bits, lam, method == "ECQx", train, test, args.steps))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a small grid that finishes in about 10 minutes")
@@ -240,9 +262,11 @@ def main() -> None:
     parser.add_argument("--prune", nargs="*", type=float, help="tfmot pruning sparsities (0.8 0.9; quick: none)")
     parser.add_argument("--steps", type=int, help="fine-tuning steps per training stage (938 = 1 epoch; quick: 300)")
     parser.add_argument("--test-samples", type=int, default=10000)
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, help="default benchmarks/results/full (quick: benchmarks/results/quick)")
     args = parser.parse_args()
     defaults = QUICK if args.quick else FULL
+    if args.out is None:
+        args.out = RESULTS / ("quick" if args.quick else "full")
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -255,22 +279,9 @@ def main() -> None:
         "| model | method | bits | λ | .tflite acc. | sparsity | bitstream | sparse .tflite gz | micro | H bound | s |"
     )
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    points: list[Point] = []
-    floats: dict[str, float] = {}
     for name in args.models:
-        model = trained_float_model(name, train, verbose=0)
-        floats[name] = float(model.evaluate(test.as_dataset(512), verbose=0)[1])
-        print(f"| {name} | float (Keras) | 32 | - | {floats[name]:.4f} | | | | | | |")
-        for method, pipeline in tfmot_pipelines(args.prune).items():
-            points.append(baseline(name, model, method, pipeline, train, test, args.steps))
-            print_point(points[-1])
-        for method in args.methods:
-            for bits in args.bits:
-                for lam in args.lambdas:
-                    points.append(ours(name, model, bits, lam, method == "ECQx", train, test, args.steps))
-                    print_point(points[-1])
-        write(points, floats, settings, args.out)
-    print(f"results: {args.out}/pareto.csv, pareto.json, pareto_<model>.png")
+        run_model(name, args, train, test, settings)
+    print(f"results: {args.out}/pareto_<model>.csv, .json, .png")
 
 
 if __name__ == "__main__":

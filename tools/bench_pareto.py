@@ -1,6 +1,6 @@
 """Accuracy vs size on Fashion-MNIST: ECQ and ECQx fronts at 2-5 bit against tfmot's int8 pipelines.
 
-    python tools/bench_pareto.py [--quick] [--models mlp demo_cnn] [--bits 2 3 4 5] [--lambdas ...] [--steps N]
+    python tools/bench_pareto.py [--quick] [--models mlp demo_cnn] [--bits 2 3 4 5] [--lambdas ...] [--methods ...]
 
 Every point starts from the same cached float model and gets the same fine-tuning budget per training stage (Adam
 lr 1e-3, batch 64, `--steps` steps on the shuffled 60k training images; the multi-stage tfmot pipelines get that
@@ -10,6 +10,7 @@ Sizes: our bitstream, gzip -9 of the sparse int8 `.tflite`, the micro (TFLM LUT)
 the int8 kernel values. Results: benchmarks/results/full/pareto_<model>.{csv,json,png} (--quick: results/quick/),
 rewritten after every point.
 --quick: demo CNN and MLP at 4 bit, two lambdas each for ECQ/ECQx, tfmot PTQ and QAT, 300 steps (about 10 minutes).
+Ablations of ECQx: --methods ECQx with --relevance, --p, --momentum, --relevance-every (written to the JSON settings).
 """
 
 from __future__ import annotations
@@ -43,7 +44,6 @@ from tf_ecqx.report import code_entropy, model_totals  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 CALIBRATION = 200
-RELEVANCE = "epsilon_plus_flat_bn_pass"
 FULL = {"bits": [2, 3, 4, 5], "lambdas": [0.03, 0.1, 0.2, 0.4], "prune": [0.8, 0.9], "steps": 938}
 QUICK = {"bits": [4], "lambdas": [0.1, 0.3], "prune": [], "steps": 300}
 
@@ -87,11 +87,36 @@ def fit(model: keras.Model, train: Split, steps: int, callbacks: list | None = N
     return model
 
 
-def ours(name: str, model: keras.Model, bits: int, lam: float, ecqx: bool, train: Split, test: Split, steps: int):
+@dataclasses.dataclass(frozen=True)
+class ECQxSettings:
+    """What ECQx's relevances come from and how they are used (the ablation knobs; defaults = the reference)."""
+
+    relevance: str = "epsilon_plus_flat_bn_pass"
+    p: float = 0.1
+    momentum: float = 0.1
+    every_n_steps: int = 1
+
+
+def ours(
+    name: str,
+    model: keras.Model,
+    bits: int,
+    lam: float,
+    ecqx: ECQxSettings | None,
+    train: Split,
+    test: Split,
+    steps: int,
+) -> Point:
+    """ECQ (ecqx None) or ECQx fine-tuning from the float model, exported and measured."""
     start = time.perf_counter()
     keras.utils.set_random_seed(0)
-    qmodel = tf_ecqx.quantize_model(model, bits=bits, lambda_=lam, relevance=RELEVANCE if ecqx else None)
-    callbacks = [tf_ecqx.RelevanceCallback(train.as_dataset(64, shuffle=True))] if ecqx else []
+    callbacks = []
+    if ecqx is None:
+        qmodel = tf_ecqx.quantize_model(model, bits=bits, lambda_=lam)
+    else:
+        qmodel = tf_ecqx.quantize_model(model, bits=bits, lambda_=lam, relevance=ecqx.relevance, p=ecqx.p)
+        data = train.as_dataset(64, shuffle=True)
+        callbacks.append(tf_ecqx.RelevanceCallback(data, every_n_steps=ecqx.every_n_steps, momentum=ecqx.momentum))
     fit(qmodel, train, steps, callbacks)
     calibration = train.x[:CALIBRATION]
     with tempfile.TemporaryDirectory() as directory:
@@ -100,7 +125,7 @@ def ours(name: str, model: keras.Model, bits: int, lam: float, ecqx: bool, train
     totals = model_totals(tf_ecqx.layer_stats(qmodel))
     return Point(
         name,
-        "ECQx" if ecqx else "ECQ",
+        "ECQ" if ecqx is None else "ECQx",
         bits,
         lam,
         litert_accuracy(sparse, test),
@@ -244,12 +269,15 @@ def run_model(name: str, args: argparse.Namespace, train: Split, test: Split, se
         print_point(point)
         write(points, name, float_accuracy, settings, args.out)
 
-    for method, pipeline in tfmot_pipelines(args.prune).items():
-        record(baseline(name, model, method, pipeline, train, test, args.steps))
-    for method in args.methods:
-        for bits in args.bits:
-            for lam in args.lambdas:
-                record(ours(name, model, bits, lam, method == "ECQx", train, test, args.steps))
+    if "tfmot" in args.methods:
+        for method, pipeline in tfmot_pipelines(args.prune).items():
+            record(baseline(name, model, method, pipeline, train, test, args.steps))
+    ecqx = ECQxSettings(args.relevance, args.p, args.momentum, args.relevance_every)
+    for method in ("ECQ", "ECQx"):
+        if method in args.methods:
+            for bits in args.bits:
+                for lam in args.lambdas:
+                    record(ours(name, model, bits, lam, ecqx if method == "ECQx" else None, train, test, args.steps))
 
 
 def main() -> None:
@@ -258,7 +286,12 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["mlp", "demo_cnn"])
     parser.add_argument("--bits", nargs="+", type=int, help="default 2 3 4 5 (quick: 4)")
     parser.add_argument("--lambdas", nargs="+", type=float, help="default 0.03 0.1 0.2 0.4 (quick: 0.1 0.3)")
-    parser.add_argument("--methods", nargs="+", default=["ECQ", "ECQx"])
+    parser.add_argument("--methods", nargs="+", choices=["tfmot", "ECQ", "ECQx"], default=["tfmot", "ECQ", "ECQx"])
+    reference = ECQxSettings()
+    parser.add_argument("--relevance", default=reference.relevance, help="ECQx relevance source (composite name)")
+    parser.add_argument("--p", type=float, default=reference.p, help="ECQx: sparsity LRP may give back")
+    parser.add_argument("--momentum", type=float, default=reference.momentum, help="ECQx relevance momentum")
+    parser.add_argument("--relevance-every", type=int, default=reference.every_n_steps, help="ECQx refresh period")
     parser.add_argument("--prune", nargs="*", type=float, help="tfmot pruning sparsities (0.8 0.9; quick: none)")
     parser.add_argument("--steps", type=int, help="fine-tuning steps per training stage (938 = 1 epoch; quick: 300)")
     parser.add_argument("--test-samples", type=int, default=10000)

@@ -109,7 +109,6 @@ def ours(
 ) -> Point:
     """ECQ (ecqx None) or ECQx fine-tuning from the float model, exported and measured."""
     start = time.perf_counter()
-    keras.utils.set_random_seed(0)
     callbacks = []
     if ecqx is None:
         qmodel = tf_ecqx.quantize_model(model, bits=bits, lambda_=lam)
@@ -201,7 +200,6 @@ def tfmot_pipelines(sparsities: list[float]) -> dict[str, Callable[[keras.Model,
 
 def baseline(name: str, model: keras.Model, method: str, pipeline: Callable, train: Split, test: Split, steps: int):
     start = time.perf_counter()
-    keras.utils.set_random_seed(0)
     converted = pipeline(model, train, steps)
     calibration = train.x[:CALIBRATION]
     dense = convert_int8(converted, calibration, sparse=False)
@@ -264,20 +262,23 @@ def run_model(name: str, args: argparse.Namespace, train: Split, test: Split, se
     print(f"| {name} | float (Keras) | 32 | - | {float_accuracy:.4f} | | | | | | |")
     points: list[Point] = []
 
-    def record(point: Point) -> None:
+    def record(measure: Callable[[], Point]) -> None:
+        keras.utils.set_random_seed(args.seed)
+        point = measure()
         points.append(point)
         print_point(point)
         write(points, name, float_accuracy, settings, args.out)
 
     if "tfmot" in args.methods:
         for method, pipeline in tfmot_pipelines(args.prune).items():
-            record(baseline(name, model, method, pipeline, train, test, args.steps))
+            record(lambda m=method, p=pipeline: baseline(name, model, m, p, train, test, args.steps))
     ecqx = ECQxSettings(args.relevance, args.p, args.momentum, args.relevance_every)
     for method in ("ECQ", "ECQx"):
         if method in args.methods:
             for bits in args.bits:
                 for lam in args.lambdas:
-                    record(ours(name, model, bits, lam, ecqx if method == "ECQx" else None, train, test, args.steps))
+                    variant = ecqx if method == "ECQx" else None
+                    record(lambda b=bits, lam=lam, v=variant: ours(name, model, b, lam, v, train, test, args.steps))
 
 
 def main() -> None:
@@ -294,6 +295,7 @@ def main() -> None:
     parser.add_argument("--relevance-every", type=int, default=reference.every_n_steps, help="ECQx refresh period")
     parser.add_argument("--prune", nargs="*", type=float, help="tfmot pruning sparsities (0.8 0.9; quick: none)")
     parser.add_argument("--steps", type=int, help="fine-tuning steps per training stage (938 = 1 epoch; quick: 300)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed set before every point")
     parser.add_argument("--test-samples", type=int, default=10000)
     parser.add_argument("--out", type=Path, help="default benchmarks/results/full (quick: benchmarks/results/quick)")
     args = parser.parse_args()

@@ -1,5 +1,6 @@
 """The benchmark scripts run end to end on a few points, so that they cannot rot (their numbers: BENCHMARKS.md)."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -31,6 +32,23 @@ def test_bench_pareto_quick_path_writes_results_for_ours_and_tfmot(tmp_path):
             assert point["bits"] == 4 and point["bitstream"] < point["sparse_tflite_gz"] < point["micro"]
     assert (tmp_path / "pareto_demo_cnn.csv").read_text().count("\n") == len(results["points"]) + 1
     assert (tmp_path / "pareto_demo_cnn.png").read_bytes()[:4] == b"\x89PNG"
+    summary = run_tool("pareto_summary.py", str(tmp_path), "--loss-pp", "50")
+    assert "## demo_cnn" in summary and "- 4 bit: min" in summary and "x smaller than the float32 .tflite" in summary
+
+
+def test_pareto_front_is_log_linear_between_pareto_points_and_flat_beyond():
+    spec = importlib.util.spec_from_file_location("pareto_summary", TOOLS / "pareto_summary.py")
+    summary = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summary)
+    points = [
+        {"bitstream": 1000, "accuracy": 0.80},
+        {"bitstream": 4000, "accuracy": 0.70},  # dominated by the smaller, more accurate point
+        {"bitstream": 10000, "accuracy": 0.90},
+    ]
+    assert summary.front(points, 999) is None
+    assert summary.front(points, 1000) == 0.80
+    assert abs(summary.front(points, 3162) - 0.85) < 1e-4  # half way in log size
+    assert summary.front(points, 50000) == 0.90
 
 
 def test_bench_overhead_prints_ratios_for_every_variant():

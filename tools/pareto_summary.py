@@ -1,6 +1,6 @@
 """The verdicts of issue 5, computed from bench_pareto's results: ECQx vs ECQ fronts, ours vs tfmot, ratio vs float32.
 
-    python tools/pareto_summary.py [benchmarks/results/full ...] [--loss-pp 0.5]
+    python tools/pareto_summary.py [benchmarks/results/full ...] [--loss-pp 0.5] [--plot benchmarks/results]
 
 Reads every pareto_<model>.json in the given folders (points of one model from several runs are merged; they must
 share the fine-tuning budget). A front is the Pareto-optimal points, linear in log size between them; fronts are
@@ -19,6 +19,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
+from bench_pareto import Point, plot  # noqa: E402  (tools/ is on the path when this runs as a script)
 
 from tf_ecqx.datasets import fashion_mnist  # noqa: E402
 from tf_ecqx.models import trained_float_model  # noqa: E402
@@ -130,9 +131,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folders", nargs="*", type=Path, default=[RESULTS])
     parser.add_argument("--loss-pp", type=float, default=0.5, help="accuracy loss vs float allowed (pp)")
+    parser.add_argument("--plot", type=Path, help="folder for pareto_<model>.png of the merged points")
     args = parser.parse_args()
+    if args.plot is not None:
+        args.plot.mkdir(parents=True, exist_ok=True)
     for name, entry in load(args.folders).items():
         summarize(name, entry, args.loss_pp)
+        if args.plot is not None:
+            points = [Point(**row) for row in entry["points"]]
+            plot(points, name, entry["float_accuracy"], args.plot / f"pareto_{name}.png")
+            print(f"plot: {args.plot / f'pareto_{name}.png'}")
 
 
 if __name__ == "__main__":

@@ -62,3 +62,12 @@ def test_bench_lrp_agrees_with_innvestigate():
     out = run_tool("bench_lrp.py", "--models", "demo_cnn", "--rules", "lrp.epsilon", "--repeats", "1")
     row = next(line for line in out.splitlines() if line.startswith("| demo_cnn"))
     assert float(row.split("|")[6]) <= 1e-5, row
+
+
+def test_ecqx_shift_reports_every_kernel_within_the_sparsity_interval():
+    out = run_tool("ecqx_shift.py", "--model", "demo_cnn", "--steps", "20")
+    rows = [line.split("|") for line in out.splitlines() if line.startswith("| ") and "%" in line]
+    assert [row[1].strip() for row in rows] == ["conv1", "conv2", "fc1", "logits"], out
+    for row in rows:
+        ecq, ecqx = float(row[3].strip(" %")), float(row[4].strip(" %"))
+        assert ecq - 10.0 - 0.1 <= ecqx <= ecq + 0.1, row  # [s_ECQ - p, s_ECQ] with p = 0.1, printed to 0.1 %

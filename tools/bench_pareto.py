@@ -245,6 +245,12 @@ def write(points: list[Point], model: str, float_accuracy: float, settings: dict
     plot(points, model, float_accuracy, out / f"pareto_{model}.png")
 
 
+def print_header() -> None:
+    columns = ["model", "method", "bits", "λ", ".tflite acc.", "sparsity", "bitstream", "sparse .tflite gz", "micro"]
+    print("| " + " | ".join([*columns, "H bound", "s"]) + " |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+
+
 def print_point(p: Point) -> None:
     optional = lambda v: "-" if v is None else f"{v:,}"  # noqa: E731
     lam = "-" if p.lambda_ is None else f"{p.lambda_:g}"
@@ -310,10 +316,7 @@ def main() -> None:
     test = Split(test.x[: args.test_samples], test.y[: args.test_samples])
     settings = {**{k: v for k, v in vars(args).items() if k != "out"}, "optimizer": "Adam lr 1e-3", "batch": 64}
     print(f"machine: {os.cpu_count()} cores, TensorFlow {tf.__version__}, CPU only; settings: {settings}")
-    print(
-        "| model | method | bits | λ | .tflite acc. | sparsity | bitstream | sparse .tflite gz | micro | H bound | s |"
-    )
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print_header()
     for name in args.models:
         run_model(name, args, train, test, settings)
     print(f"results: {args.out}/pareto_<model>.csv, .json, .png")

@@ -1,10 +1,10 @@
 """The verdicts of issue 5, computed from bench_pareto's results: ECQx vs ECQ fronts, ours vs tfmot, ratio vs float32.
 
-    python tools/pareto_summary.py [benchmarks/results/full ...] [--loss-pp 0.5] [--plot benchmarks/results]
+    python tools/pareto_summary.py [benchmarks/results/full ...] [--loss-pp 0.5] [--table] [--plot benchmarks/results]
 
 Reads every pareto_<model>.json in the given folders (points of one model from several runs are merged; they must
-share the fine-tuning budget). A front is the Pareto-optimal points, linear in log size between them; fronts are
-compared at every measured size where both exist.
+share the fine-tuning budget; a point repeated with other seeds is averaged). A front is the Pareto-optimal points,
+linear in log size between them; fronts are compared at every measured size where both exist.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
-from bench_pareto import Point, plot  # noqa: E402  (tools/ is on the path when this runs as a script)
+from bench_pareto import Point, plot, print_header, print_point  # noqa: E402  (tools/ is on the path when this runs as a script)
 
 from tf_ecqx.datasets import fashion_mnist  # noqa: E402
 from tf_ecqx.models import trained_float_model  # noqa: E402
@@ -81,13 +81,36 @@ def float32_tflite_bytes(name: str) -> int:
     return len(tf.lite.TFLiteConverter.from_keras_model(model).convert())
 
 
+def averaged(points: list[dict]) -> list[dict]:
+    """One point per (method, bits, λ): repeats (other seeds) are averaged, and their spread printed."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for p in points:
+        groups[(p["method"], p["bits"], p["lambda_"])].append(p)
+    result = []
+    for (method, bits, lam), repeats in groups.items():
+        if len(repeats) == 1:
+            result.extend(repeats)
+            continue
+        accuracies = [p["accuracy"] for p in repeats]
+        mean = {key: sum(p[key] for p in repeats) / len(repeats) for key in ("accuracy", "sparsity")}
+        mean |= {key: round(sum(p[key] for p in repeats) / len(repeats)) for key in ("bitstream", "sparse_tflite_gz")}
+        print(
+            f"- {method} {bits} bit λ {lam:g}, {len(repeats)} seeds: accuracy mean {mean['accuracy']:.4f} "
+            f"(min {min(accuracies):.4f}, max {max(accuracies):.4f}), sparsity {mean['sparsity']:.1%}, "
+            f"bitstream {mean['bitstream']:,} B (min {min(p['bitstream'] for p in repeats):,}, "
+            f"max {max(p['bitstream'] for p in repeats):,})"
+        )
+        result.append({**repeats[0], **mean})
+    return result
+
+
 def summarize(name: str, entry: dict, loss_pp: float) -> None:
-    points, floor = entry["points"], entry["float_accuracy"] - loss_pp / 100
+    print(f"\n## {name}: float accuracy {entry['float_accuracy']:.4f}, {entry['steps']} steps per stage")
+    points, floor = averaged(entry["points"]), entry["float_accuracy"] - loss_pp / 100
     ours = defaultdict(list)
     for p in points:
         if p["bitstream"] is not None:
             ours[p["method"]].append(p)
-    print(f"\n## {name}: float accuracy {entry['float_accuracy']:.4f}, {entry['steps']} steps per stage")
     print("ECQx front minus ECQ front:")
     for bits in sorted({p["bits"] for p in ours["ECQx"]}):
         same = [[p for p in ours[m] if p["bits"] == bits] for m in ("ECQx", "ECQ")]
@@ -131,12 +154,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folders", nargs="*", type=Path, default=[RESULTS])
     parser.add_argument("--loss-pp", type=float, default=0.5, help="accuracy loss vs float allowed (pp)")
+    parser.add_argument("--table", action="store_true", help="also print every point, sorted")
     parser.add_argument("--plot", type=Path, help="folder for pareto_<model>.png of the merged points")
     args = parser.parse_args()
     if args.plot is not None:
         args.plot.mkdir(parents=True, exist_ok=True)
     for name, entry in load(args.folders).items():
         summarize(name, entry, args.loss_pp)
+        if args.table:
+            order = {"ECQ": 1, "ECQx": 2}
+            rows = sorted(entry["points"], key=lambda p: (order.get(p["method"], 0), p["bits"], p["lambda_"] or 0))
+            print_header()
+            for row in rows:
+                print_point(Point(**row))
         if args.plot is not None:
             points = [Point(**row) for row in entry["points"]]
             plot(points, name, entry["float_accuracy"], args.plot / f"pareto_{name}.png")

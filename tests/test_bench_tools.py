@@ -32,8 +32,11 @@ def test_bench_pareto_quick_path_writes_results_for_ours_and_tfmot(tmp_path):
             assert point["bits"] == 4 and point["bitstream"] < point["sparse_tflite_gz"] < point["micro"]
     assert (tmp_path / "pareto_demo_cnn.csv").read_text().count("\n") == len(results["points"]) + 1
     assert (tmp_path / "pareto_demo_cnn.png").read_bytes()[:4] == b"\x89PNG"
-    summary = run_tool("pareto_summary.py", str(tmp_path), "--loss-pp", "50", "--plot", str(tmp_path / "merged"))
+    summary = run_tool(
+        "pareto_summary.py", str(tmp_path), "--loss-pp", "50", "--table", "--plot", str(tmp_path / "merged")
+    )
     assert "## demo_cnn" in summary and "- 4 bit: min" in summary and "x smaller than the float32 .tflite" in summary
+    assert summary.count("| demo_cnn | ") == len(results["points"])
     assert (tmp_path / "merged" / "pareto_demo_cnn.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -40,7 +40,8 @@ def test_bench_pareto_quick_path_writes_results_for_ours_and_tfmot(tmp_path):
     assert (tmp_path / "merged" / "pareto_demo_cnn.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_pareto_front_is_log_linear_between_pareto_points_and_flat_beyond():
+def test_pareto_front_is_log_linear_between_pareto_points_and_flat_beyond(monkeypatch):
+    monkeypatch.syspath_prepend(str(TOOLS))  # as when it runs as a script: it imports bench_pareto
     spec = importlib.util.spec_from_file_location("pareto_summary", TOOLS / "pareto_summary.py")
     summary = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(summary)

@@ -3,8 +3,8 @@
     python tools/pareto_summary.py [benchmarks/results/full ...] [--loss-pp 0.5] [--table] [--plot benchmarks/results]
 
 Reads every pareto_<model>.json in the given folders (points of one model from several runs are merged; they must
-share the fine-tuning budget; a point repeated with other seeds is averaged). A front is the Pareto-optimal points,
-linear in log size between them; fronts are compared at every measured size where both exist.
+share the fine-tuning budget and ECQx settings; a point repeated with other seeds is averaged). A front is the
+Pareto-optimal points, linear in log size between them; fronts are compared at every measured size where both exist.
 """
 
 from __future__ import annotations
@@ -19,11 +19,20 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
-from bench_pareto import Point, plot, print_header, print_point  # noqa: E402  (tools/ is on the path when this runs as a script)
+from bench_pareto import ECQxSettings, Point, plot, print_header, print_point  # noqa: E402  (tools/ is on the path when this runs as a script)
 
 from tf_ecqx.datasets import fashion_mnist  # noqa: E402
 from tf_ecqx.models import trained_float_model  # noqa: E402
 
+_REFERENCE = ECQxSettings()
+# runs are merged only if these agree; results written before the ECQx options existed used the reference values
+COMPARABLE = {
+    "steps": None,
+    "relevance": _REFERENCE.relevance,
+    "p": _REFERENCE.p,
+    "momentum": _REFERENCE.momentum,
+    "relevance_every": _REFERENCE.every_n_steps,
+}
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "full"
 
 
@@ -65,13 +74,18 @@ def load(folders: list[Path]) -> dict[str, dict]:
             raise SystemExit(f"{folder} holds no pareto_<model>.json; run tools/bench_pareto.py --out {folder} first.")
         for file in files:
             document = json.loads(file.read_text())
+            budget = {key: document["settings"].get(key, default) for key, default in COMPARABLE.items()}
             entry = models.setdefault(
                 document["model"],
-                {"float_accuracy": document["float_accuracy"], "steps": document["settings"]["steps"], "points": []},
+                {
+                    "float_accuracy": document["float_accuracy"],
+                    "steps": budget["steps"],
+                    "budget": budget,
+                    "points": [],
+                },
             )
-            if entry["steps"] != document["settings"]["steps"]:
-                steps = document["settings"]["steps"]
-                raise SystemExit(f"{file}: {steps} steps per stage, other runs {entry['steps']}: not comparable.")
+            if entry["budget"] != budget:
+                raise SystemExit(f"{file}: settings {budget} differ from the other runs' {entry['budget']}.")
             entry["points"].extend(document["points"])
     return models
 

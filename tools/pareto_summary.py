@@ -66,7 +66,7 @@ def front_difference(ecqx: list[dict], ecq: list[dict]) -> str:
 
 
 def load(folders: list[Path]) -> dict[str, dict]:
-    """model -> {"float_accuracy", "steps", "points"} merged over the folders."""
+    """model -> {"float_accuracy", "budget", "points"} merged over the folders."""
     models: dict[str, dict] = {}
     for folder in folders:
         files = sorted(folder.glob("pareto_*.json"))
@@ -77,12 +77,7 @@ def load(folders: list[Path]) -> dict[str, dict]:
             budget = {key: document["settings"].get(key, default) for key, default in COMPARABLE.items()}
             entry = models.setdefault(
                 document["model"],
-                {
-                    "float_accuracy": document["float_accuracy"],
-                    "steps": budget["steps"],
-                    "budget": budget,
-                    "points": [],
-                },
+                {"float_accuracy": document["float_accuracy"], "budget": budget, "points": []},
             )
             if entry["budget"] != budget:
                 raise SystemExit(f"{file}: settings {budget} differ from the other runs' {entry['budget']}.")
@@ -119,7 +114,7 @@ def averaged(points: list[dict]) -> list[dict]:
 
 
 def summarize(name: str, entry: dict, loss_pp: float) -> None:
-    print(f"\n## {name}: float accuracy {entry['float_accuracy']:.4f}, {entry['steps']} steps per stage")
+    print(f"\n## {name}: float accuracy {entry['float_accuracy']:.4f}, {entry['budget']['steps']} steps per stage")
     points, floor = averaged(entry["points"]), entry["float_accuracy"] - loss_pp / 100
     ours = defaultdict(list)
     for p in points:

@@ -29,7 +29,7 @@ import tensorflow as tf
 
 from tf_ecqx._keras import keras
 from tf_ecqx.ecq.grid import check_bits
-from tf_ecqx.export.files import check_writable
+from tf_ecqx.files import atomic_write, check_writable
 from tf_ecqx.quantization.api import QuantizedKernel, quantized_kernels
 
 MAGIC = b"ECQX"
@@ -277,9 +277,9 @@ def encode(qmodel: keras.Model) -> bytes:
 
 
 def save(qmodel: keras.Model, path: str | Path) -> None:
-    """Write `encode(qmodel)` to `path`."""
-    path = check_writable(path)
-    path.write_bytes(encode(qmodel))
+    """Write `encode(qmodel)` to `path` atomically: a failure leaves any previous file there unchanged."""
+    check_writable(path)
+    atomic_write(path, encode(qmodel))
 
 
 # --- loading into models ---

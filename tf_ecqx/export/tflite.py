@@ -21,8 +21,8 @@ from tflite_micro import compression
 
 from tf_ecqx._keras import keras
 from tf_ecqx.export import flatbuffer
-from tf_ecqx.export.files import check_writable
 from tf_ecqx.export.runtimes import run_litert, run_tflm
+from tf_ecqx.files import atomic_write, check_writable
 from tf_ecqx.quantization.api import QuantizedKernel, frozen_kernels, quantized_kernels
 
 TARGETS = ("mobile", "micro")
@@ -396,5 +396,5 @@ def to_tflite(
                 notes.append("the sparse conversion was not smaller than the dense one; wrote the dense file")
         _, outputs = run_litert(data, samples)
     agreement, difference = _agreement(reference, outputs)
-    path.write_bytes(data)
+    atomic_write(path, data)
     return ExportResult(path, target, len(data), checks, len(samples), agreement, difference, notes, arena)

@@ -37,6 +37,10 @@ def lstm_model() -> keras.Model:
     return keras.Model(inputs, keras.layers.Dense(2)(x))
 
 
+def half_precision_model() -> keras.Model:
+    return keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, dtype="mixed_float16")])
+
+
 def non_finite_model(bad: float) -> keras.Model:
     model = dense_model()
     kernel = model.layers[0].kernel.numpy()
@@ -63,6 +67,12 @@ def fit_with_relevance(ctx: Context, data: Any) -> None:
     qmodel.fit(ctx.x[:64], ctx.y[:64], epochs=1, callbacks=[tf_ecqx.RelevanceCallback(data)], verbose=0)
 
 
+def with_nan(x: np.ndarray) -> np.ndarray:
+    x = x.copy()
+    x[3, 5, 5, 0] = np.nan
+    return x
+
+
 class Case(NamedTuple):
     action: Callable[[Context], Any]
     error: type[Exception]
@@ -77,9 +87,9 @@ CASES = {
     },
     **{
         f"lambda={v!r}": Case(
-            lambda c, v=v: tf_ecqx.quantize_model(dense_model(), lambda_=v), ValueError, "finite number >= 0"
+            lambda c, v=v: tf_ecqx.quantize_model(dense_model(), lambda_=v), ValueError, r"finite number in \[0, 100\]"
         )
-        for v in (-0.1, float("nan"), float("inf"))
+        for v in (-0.1, float("nan"), float("inf"), 1e300, "0.1")
     },
     **{
         f"p={v!r}": Case(
@@ -106,6 +116,11 @@ CASES = {
     ),
     "NaN weights": Case(lambda c: tf_ecqx.quantize_model(non_finite_model(np.nan)), ValueError, "NaN or inf"),
     "inf weights": Case(lambda c: tf_ecqx.quantize_model(non_finite_model(np.inf)), ValueError, "NaN or inf"),
+    "mixed-precision layer": Case(
+        lambda c: tf_ecqx.quantize_model(half_precision_model()),
+        ValueError,
+        r"mixed precision.*set_global_policy\('float32'\)",
+    ),
     "exclude unknown name": Case(
         lambda c: tf_ecqx.quantize_model(small_cnn(), exclude=["nope"]), ValueError, "exclude names 'nope'"
     ),
@@ -127,6 +142,11 @@ CASES = {
     ),
     "labels out of range": Case(
         lambda c: fit_with_relevance(c, (c.x[:64], c.y[:64] + 10)), ValueError, r"labels outside \[0, 10\)"
+    ),
+    "NaN in the training data": Case(
+        lambda c: compiled(tf_ecqx.quantize_model(small_cnn())).fit(with_nan(c.x[:128]), c.y[:128], verbose=0),
+        Exception,  # tf.errors.InvalidArgumentError, raised inside the compiled step
+        r"float weights became NaN or inf during training.*NaN or inf in the training data",
     ),
     "ECQx fit without the callback": Case(
         lambda c: compiled(tf_ecqx.quantize_model(small_cnn(), relevance="epsilon")).fit(c.x[:64], c.y[:64], verbose=0),
@@ -173,6 +193,21 @@ def test_the_suggested_fix_for_an_unsupported_layer_works():
     model = lstm_model()
     qmodel = tf_ecqx.quantize_model(model, exclude=["my_lstm"])
     assert [s.name for s in tf_ecqx.layer_stats(qmodel)] == [model.layers[-1].name]
+
+
+def test_a_global_mixed_precision_policy_is_refused_clearly():
+    model = dense_model()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        with pytest.raises(ValueError, match="global dtype policy is 'mixed_float16'"):
+            tf_ecqx.quantize_model(model)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_numpy_scalars_are_accepted_as_settings():
+    qmodel = tf_ecqx.quantize_model(dense_model(), bits=np.int64(3), lambda_=np.float32(0.2))
+    assert [s.bits for s in tf_ecqx.layer_stats(qmodel)] == [3]
 
 
 def test_refused_quantization_leaves_the_user_model_untouched():

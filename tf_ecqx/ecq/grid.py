@@ -7,6 +7,7 @@ level range is clamped to it (one level fewer on one side).
 
 from __future__ import annotations
 
+import numbers
 from typing import NamedTuple
 
 import tensorflow as tf
@@ -27,13 +28,13 @@ class Grid(NamedTuple):
 
 
 def check_bits(bits: int) -> int:
-    """Return `bits` if it is an integer in [2, 8], else raise a ValueError that says what is allowed."""
-    if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
+    """`bits` as int if it is an integer (Python or numpy) in [2, 8], else a ValueError saying what is allowed."""
+    if isinstance(bits, bool) or not isinstance(bits, numbers.Integral) or not MIN_BITS <= bits <= MAX_BITS:
         raise ValueError(
             f"bits={bits!r} is not supported: ECQx quantizes kernels to an integer bit width from {MIN_BITS} to "
             f"{MAX_BITS} (codes must fit int8). Pass e.g. bits=4."
         )
-    return bits
+    return int(bits)
 
 
 def percentile(values: tf.Tensor, q: float) -> tf.Tensor:

@@ -36,6 +36,7 @@ def check_model(model: object) -> keras.Model:
             f"Model {model.name!r} is already quantized (quantize wrappers on {wrapped}). Quantize the float model "
             "once; to continue training a quantized model, load it inside tf_ecqx.quantize_scope() and call fit."
         )
+    check_float32(model)
     for layer in model.layers:
         for weight in layer.weights:
             if not np.all(np.isfinite(weight.numpy())):
@@ -44,6 +45,21 @@ def check_model(model: object) -> keras.Model:
                     "fitted to it. Retrain or reload the float model (a diverged training often causes this)."
                 )
     return model
+
+
+def check_float32(model: keras.Model) -> None:
+    """Refuse mixed precision: tfmot's fake-quantization ops and the ECQ assignment compute in float32."""
+    policy = keras.mixed_precision.global_policy().name
+    mixed = [layer.name for layer in model.layers if layer.dtype_policy.compute_dtype != "float32"]
+    if policy != "float32" or mixed:
+        where = (
+            f"layers {mixed} compute in float16" if policy == "float32" else f"the global dtype policy is {policy!r}"
+        )
+        raise ValueError(
+            f"Model {model.name!r} cannot be quantized in mixed precision ({where}): tfmot's quantization-aware "
+            "training computes in float32. Call keras.mixed_precision.set_global_policy('float32') and build or "
+            "load the model again before quantize_model."
+        )
 
 
 def excluded_layer_names(model: keras.Model, exclude: ExcludeSpec | None) -> set[str]:

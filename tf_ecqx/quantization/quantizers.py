@@ -9,6 +9,7 @@ every call, inside the compiled train step.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import tensorflow as tf
@@ -22,13 +23,20 @@ from tf_ecqx.relevance.sources import relevance_source
 GRADIENT_RULES = ("reference", "ste")
 # Key of the quantizer state under which `api.frozen_kernels` puts each kernel's quantized values while exporting.
 FROZEN_VALUES = "frozen_values"
+# Above 1 almost every weight is zero already; the cap keeps the layer lambda far from float32 overflow.
+MAX_LAMBDA = 100.0
+
+
+def _is_number(value: object) -> bool:
+    """A real number (Python or numpy), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def check_lambda(lambda_: float) -> float:
-    """Return lambda_ as float if it is finite and >= 0, else raise a ValueError that says what is allowed."""
-    if isinstance(lambda_, bool) or not isinstance(lambda_, (int, float)) or not math.isfinite(lambda_) or lambda_ < 0:
+    """Return lambda_ as float if it is a number in [0, 100], else raise a ValueError that says what is allowed."""
+    if not _is_number(lambda_) or not math.isfinite(lambda_) or not 0 <= lambda_ <= MAX_LAMBDA:
         raise ValueError(
-            f"lambda_={lambda_!r} is not allowed: the entropy weight must be a finite number >= 0 "
+            f"lambda_={lambda_!r} is not allowed: the entropy weight must be a finite number in [0, {MAX_LAMBDA:g}] "
             "(0 = nearest-level rounding, about 0.05-0.3 for sparse models, 1 = almost all zero)."
         )
     return float(lambda_)
@@ -43,7 +51,7 @@ def check_gradient(gradient: str) -> str:
 
 def check_p(p: float) -> float:
     """Return p as float if it is a number in [0, 1] (the sparsity ECQx may give back relative to ECQ)."""
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+    if not _is_number(p) or not 0.0 <= p <= 1.0:
         raise ValueError(f"p={p!r} is not allowed: it is the sparsity LRP may give back, in [0, 1] (0.1 usual).")
     return float(p)
 
@@ -152,11 +160,23 @@ class ECQxWeightQuantizer(tfmot_quantizers.Quantizer):
         with tf.control_dependencies([check]):
             return budget.assign_sub(1.0)
 
+    @staticmethod
+    def check_finite(kernel: tf.Tensor, weights: dict[str, tf.Variable]) -> tf.Tensor:
+        """The kernel, after checking that training has not made it NaN or inf (the assignment would fail obscurely)."""
+        layer = weights["step"].name.split("/")[0].removeprefix("quant_")  # tfmot names the wrapper quant_<layer>
+        return tf.debugging.assert_all_finite(
+            kernel,
+            f"ECQx ({layer}): the float weights became NaN or inf during training. Usual causes: NaN or inf in the "
+            "training data (check np.isfinite(x).all()) or a learning rate too high. Fix the data or lower the "
+            "learning rate, and start again from the float model or the last saved QAT model.",
+        )
+
     def __call__(self, inputs: tf.Tensor, training: bool, weights: dict[str, tf.Variable], **kwargs: Any) -> tf.Tensor:
         grid = self.grid(weights)
         if FROZEN_VALUES in weights:
             w_q = weights[FROZEN_VALUES]
         else:
+            inputs = self.check_finite(inputs, weights)
             if training and self.relevance is not None:
                 with tf.control_dependencies([self.spend_relevance(weights)]):
                     inputs = tf.identity(inputs)

@@ -93,3 +93,17 @@ def test_bad_usage_exits_2(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["quantize", "m.keras"])  # --out missing
     assert exit_info.value.code == 2 and "--out" in capsys.readouterr().err
+
+
+def test_help_does_not_load_tensorflow():
+    script = "import sys\nfrom tf_ecqx import cli\ntry:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+    script += "print('tensorflow' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.strip().endswith("False")
+
+
+def test_every_public_name_resolves():
+    import tf_ecqx
+
+    assert all(getattr(tf_ecqx, name) is not None for name in tf_ecqx.__all__)
+    assert tf_ecqx.sizes.size_table and "sizes" in dir(tf_ecqx)

@@ -4,23 +4,47 @@ qmodel = tf_ecqx.quantize_model(model, bits=4, lambda_=0.1, relevance="epsilon_p
 qmodel.compile(...); qmodel.fit(train, callbacks=[tf_ecqx.RelevanceCallback(train)])  # relevance=None: ECQ, no callback
 tf_ecqx.summary(qmodel)
 Keras 3 models go in as they are (or through tf_ecqx.from_keras3) and come back with tf_ecqx.to_keras3(qmodel).
+
+Every name is imported when first used, so that `import tf_ecqx` (and `tf-ecqx --help`) does not load TensorFlow.
 """
 
+from __future__ import annotations
+
+import importlib
 from typing import TYPE_CHECKING, Any
 
-from tf_ecqx import datasets, export, relevance
-from tf_ecqx.callbacks import QuantizationMetrics, RelevanceCallback
-from tf_ecqx.quantization.api import quantize_annotate_layer, quantize_apply, quantize_model, quantize_scope
-from tf_ecqx.quantization.configs import ECQxQuantizeConfig
-from tf_ecqx.quantization.quantizers import ECQxWeightQuantizer
-from tf_ecqx.quantization.scheme import ECQxQuantizeScheme
-from tf_ecqx.quantization.strip import strip
-from tf_ecqx.report import LayerStats, layer_stats, summary
-
 if TYPE_CHECKING:
+    from tf_ecqx import datasets, export, relevance, report, sizes
+    from tf_ecqx.callbacks import QuantizationMetrics, RelevanceCallback
     from tf_ecqx.keras3 import from_keras3, to_keras3
+    from tf_ecqx.quantization.api import quantize_annotate_layer, quantize_apply, quantize_model, quantize_scope
+    from tf_ecqx.quantization.configs import ECQxQuantizeConfig
+    from tf_ecqx.quantization.quantizers import ECQxWeightQuantizer
+    from tf_ecqx.quantization.scheme import ECQxQuantizeScheme
+    from tf_ecqx.quantization.strip import strip
+    from tf_ecqx.report import LayerStats, layer_stats, summary
 
 __version__ = "0.1.0"
+
+# public name -> module that defines it (submodules map to themselves)
+_HOMES = {
+    "ECQxQuantizeConfig": "tf_ecqx.quantization.configs",
+    "ECQxQuantizeScheme": "tf_ecqx.quantization.scheme",
+    "ECQxWeightQuantizer": "tf_ecqx.quantization.quantizers",
+    "LayerStats": "tf_ecqx.report",
+    "QuantizationMetrics": "tf_ecqx.callbacks",
+    "RelevanceCallback": "tf_ecqx.callbacks",
+    "from_keras3": "tf_ecqx.keras3",
+    "layer_stats": "tf_ecqx.report",
+    "quantize_annotate_layer": "tf_ecqx.quantization.api",
+    "quantize_apply": "tf_ecqx.quantization.api",
+    "quantize_model": "tf_ecqx.quantization.api",
+    "quantize_scope": "tf_ecqx.quantization.api",
+    "strip": "tf_ecqx.quantization.strip",
+    "summary": "tf_ecqx.report",
+    "to_keras3": "tf_ecqx.keras3",
+}
+_SUBMODULES = ("datasets", "export", "relevance", "report", "sizes")
 
 __all__ = [
     "ECQxQuantizeConfig",
@@ -38,18 +62,24 @@ __all__ = [
     "quantize_model",
     "quantize_scope",
     "relevance",
+    "report",
+    "sizes",
     "strip",
     "summary",
     "to_keras3",
 ]
 
-_KERAS3_NAMES = ("from_keras3", "to_keras3")
-
 
 def __getattr__(name: str) -> Any:
-    """from_keras3 / to_keras3 import tf_ecqx.keras3, and with it Keras 3, only when first used."""
-    if name in _KERAS3_NAMES:
-        from tf_ecqx import keras3
-
-        return getattr(keras3, name)
+    """Import a public name's module on first use (Keras 3 only for from_keras3 / to_keras3)."""
+    if name in _SUBMODULES:
+        return importlib.import_module(f"tf_ecqx.{name}")
+    if name in _HOMES:
+        value = getattr(importlib.import_module(_HOMES[name]), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'tf_ecqx' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -1,8 +1,11 @@
 """`tf-ecqx quantize / report / explain` driven as a user would, on real Fashion-MNIST (a small .npz of it)."""
 
+import gzip
 import json
+import shutil
 import subprocess
 import sys
+import zipfile
 
 import numpy as np
 import pytest
@@ -107,3 +110,127 @@ def test_every_public_name_resolves():
 
     assert all(getattr(tf_ecqx, name) is not None for name in tf_ecqx.__all__)
     assert tf_ecqx.sizes.size_table and "sizes" in dir(tf_ecqx)
+
+
+def corrupt_member(source, target, member="config.json"):
+    """A copy of a .keras archive, stored uncompressed, with one byte of `member` flipped (its CRC no longer fits)."""
+    with zipfile.ZipFile(source) as archive:
+        contents = {info.filename: archive.read(info) for info in archive.infolist()}
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as archive:
+        for name, data in contents.items():
+            archive.writestr(name, data)
+    with zipfile.ZipFile(target) as archive:
+        info = archive.getinfo(member)
+    data = bytearray(target.read_bytes())
+    data[info.header_offset + 30 + len(info.filename) + len(info.extra) + 5] ^= 0xFF
+    target.write_bytes(bytes(data))
+
+
+def bad_npz(workspace, tmp_path, **change):
+    """The workspace's .npz with some arrays replaced."""
+    with np.load(workspace / "fmnist.npz") as arrays:
+        data = dict(arrays)
+    for key, edit in change.items():
+        data[key] = edit(data[key].copy())
+    np.savez(tmp_path / "bad.npz", **data)
+    return str(tmp_path / "bad.npz")
+
+
+def with_nan(x):
+    x[7, 3, 3, 0] = np.nan
+    return x
+
+
+def truncated_idx_dir(workspace, tmp_path):
+    with np.load(workspace / "fmnist.npz") as arrays:
+        x, y = (arrays["x_train"] * 255).astype(np.uint8)[..., 0], arrays["y_train"].astype(np.uint8)
+    for stem in ("train", "t10k"):
+        images = b"\0\0\x08\x03" + b"".join(n.to_bytes(4, "big") for n in x.shape) + x.tobytes()
+        labels = b"\0\0\x08\x01" + len(y).to_bytes(4, "big") + y.tobytes()
+        (tmp_path / f"{stem}-images-idx3-ubyte.gz").write_bytes(gzip.compress(images)[:5000])
+        (tmp_path / f"{stem}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(labels))
+    return str(tmp_path)
+
+
+def quantize_args(workspace, data, out):
+    return ["quantize", str(workspace / "float.keras"), "--data", data, "--epochs", "1", "--out", str(out), "--quiet"]
+
+
+CLI_FAILURES = {
+    "labels out of range": (lambda w, t: bad_npz(w, t, y_train=lambda y: y + 10), "labels up to 19, but the model"),
+    "negative labels": (lambda w, t: bad_npz(w, t, y_train=lambda y: y - 1), "integer class indices >= 0"),
+    "fractional labels": (lambda w, t: bad_npz(w, t, y_train=lambda y: y + 0.7), "integer class indices >= 0"),
+    "NaN images": (lambda w, t: bad_npz(w, t, x_train=with_nan), "1 images contain NaN or inf values"),
+    "RGB 32x32 images": (
+        lambda w, t: bad_npz(w, t, x_train=lambda x: np.zeros((len(x), 32, 32, 3), np.float32)),
+        r"images of shape (32, 32, 3), but the model takes (28, 28, 1)",
+    ),
+    "truncated gzip IDX": (truncated_idx_dir, "is truncated or corrupt"),
+}
+
+
+@pytest.mark.parametrize("case", CLI_FAILURES.values(), ids=CLI_FAILURES.keys())
+def test_bad_data_is_refused_before_training_in_one_line(case, workspace, tmp_path, capsys):
+    make_data, message = case
+    out = tmp_path / "out"
+    assert main(quantize_args(workspace, make_data(workspace, tmp_path), out)) == 1
+    error = capsys.readouterr().err
+    assert message in error and error.count("\n") == 1, error
+    assert not out.exists()
+
+
+def test_a_damaged_keras_file_is_named(workspace, tmp_path, capsys):
+    corrupt_member(workspace / "float.keras", tmp_path / "damaged.keras")
+    assert main(["explain", str(tmp_path / "damaged.keras"), "--data", str(workspace / "fmnist.npz")]) == 1
+    assert "'config.json' fails its CRC check" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [("{}", "'model' is missing"), ('{"model": "m", "data": "d", "float_accuracy": 1e400}', "not an accuracy")],
+)
+def test_report_refuses_a_broken_report_json(tmp_path, capsys, content, message):
+    (tmp_path / "report.json").write_text(content.replace("1e400", "1" + "0" * 400))
+    assert main(["report", str(tmp_path)]) == 1
+    error = capsys.readouterr().err
+    assert message in error and error.count("\n") == 1
+
+
+def test_report_escapes_terminal_control_characters(quantized, tmp_path, capsys):
+    copy = tmp_path / "copy"
+    shutil.copytree(quantized, copy)
+    report = json.loads((copy / "report.json").read_text())
+    report["model"] = "\x1b[2J\x1b[31mevil"
+    (copy / "report.json").write_text(json.dumps(report))
+    assert main(["report", str(copy)]) == 0
+    printed = capsys.readouterr().out
+    assert "\x1b" not in printed and "\\x1b[31mevil" in printed
+
+
+def test_a_failed_rerun_leaves_the_previous_outputs_untouched(quantized, workspace, tmp_path, monkeypatch, capsys):
+    previous = tmp_path / "previous"
+    shutil.copytree(quantized, previous)
+    before = {p.relative_to(previous): p.read_bytes() for p in previous.rglob("*") if p.is_file()}
+
+    def export_fails(*args, **kwargs):
+        raise RuntimeError("converter crashed")
+
+    monkeypatch.setattr("tf_ecqx.commands.to_tflite", export_fails)
+    assert main(quantize_args(workspace, str(workspace / "fmnist.npz"), previous)) == 1
+    assert "converter crashed" in capsys.readouterr().err
+    after = {p.relative_to(previous): p.read_bytes() for p in previous.rglob("*") if p.is_file()}
+    assert after == before and sorted(p.name for p in tmp_path.iterdir()) == ["previous"]
+
+
+@pytest.mark.parametrize("command", ["quantize", "demo"])
+def test_an_output_path_that_cannot_be_a_folder_fails_at_once(workspace, tmp_path, capsys, command):
+    taken = tmp_path / "taken"
+    taken.write_text("a file")
+    unwritable = "/proc/tf_ecqx/out"
+    for out, message in ((taken, "is a file, not a folder"), (unwritable, f"Cannot write the outputs to {unwritable}")):
+        if command == "demo":
+            args = ["demo", "--out", str(out), "--quiet"]
+        else:
+            args = quantize_args(workspace, str(workspace / "fmnist.npz"), out)
+        assert main(args) == 1
+        assert message in capsys.readouterr().err

@@ -84,12 +84,31 @@ def _run(args: argparse.Namespace) -> None:
         print(explain(args.model, args.data, args.out, args.samples))
 
 
+def _reason(error: Exception) -> str:
+    """One line that says what went wrong: the error's own first line, or for a TensorFlow op error the message of
+    the check that failed inside the graph (its first line is only "Graph execution error:")."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if type(error).__module__.startswith("tensorflow"):
+        messages = [
+            line for line in lines if not line.startswith(("Graph execution", "Detected at node", "File ", "[["))
+        ]
+        ours = [line for line in messages if "ECQx" in line or "tf_ecqx" in line]
+        lines = ours or messages[-1:] or lines
+    reason = lines[0] if lines else type(error).__name__
+    if isinstance(error, (ValueError, TypeError, OSError, RuntimeError)):  # the errors tf_ecqx raises read as they are
+        return reason
+    return f"{type(error).__name__}: {reason}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         _run(args)
-    except (ValueError, TypeError, OSError, RuntimeError) as error:
-        print(f"tf-ecqx: error: {str(error).splitlines()[0] if str(error) else type(error).__name__}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("tf-ecqx: interrupted; outputs of this run were not written", file=sys.stderr)
+        return 130
+    except Exception as error:  # every failure is one line on stderr and exit 1, never a traceback
+        print(f"tf-ecqx: error: {_reason(error)}", file=sys.stderr)
         return 1
     return 0
 

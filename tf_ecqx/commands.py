@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,6 +17,7 @@ from tf_ecqx._keras import keras
 from tf_ecqx.callbacks import QuantizationMetrics, RelevanceCallback
 from tf_ecqx.export.bitstream import save as save_bitstream
 from tf_ecqx.export.tflite import to_tflite
+from tf_ecqx.files import check_writable, staged_directory
 from tf_ecqx.model_files import load_model_file
 from tf_ecqx.models import compile_for_classification
 from tf_ecqx.quantization.api import quantize_model
@@ -63,11 +66,30 @@ def quantize_to_directory(
     model_path: str | os.PathLike, data: str, out: str | os.PathLike, settings: QuantizeSettings, quiet: bool = False
 ) -> dict[str, Any]:
     """Quantize a float `.keras` classifier (logits out, integer labels) with ECQ/ECQx, fine-tune it with fit, and write
-    the QAT model, both TFLite targets, the bitstream, report.json and plots to `out`. Returns the report."""
+    the QAT model, both TFLite targets, the bitstream, report.json and plots to `out`. Returns the report.
+
+    Everything is checked before training; the outputs appear in `out` together at the end, or not at all.
+    """
     float_model = load_model_file(model_path)
     train, test = datasets.load(data)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    for split, name in ((train, "training data"), (test, "test data")):
+        datasets.check_fits(split, float_model.inputs[0].shape[1:], float_model.outputs[0].shape[-1], name)
+    with staged_directory(out, manifest=REPORT_FILE) as staging:
+        report = _quantize_into(float_model, train, test, staging, settings, quiet)
+        report |= {"model": str(model_path), "data": data}
+        (staging / REPORT_FILE).write_text(json.dumps(report, indent=1))
+    return report
+
+
+def _quantize_into(
+    float_model: keras.Model,
+    train: datasets.Split,
+    test: datasets.Split,
+    out: Path,
+    settings: QuantizeSettings,
+    quiet: bool,
+) -> dict[str, Any]:
+    """The work of quantize_to_directory, writing into the folder `out`; returns the report without its inputs."""
     compile_for_classification(float_model)
     float_accuracy = float(float_model.evaluate(test.as_dataset(256), verbose=0)[1])
     keras.utils.set_random_seed(settings.seed)
@@ -96,9 +118,7 @@ def quantize_to_directory(
     plot_layer_stats(stats, out / "layers.png")
     largest = max(stats, key=lambda s: s.n_weights).name
     plot_code_histogram(qmodel, largest, out / f"codes_{largest}.png")
-    report = {
-        "model": str(model_path),
-        "data": data,
+    return {
         "settings": asdict(settings),
         "float_accuracy": float_accuracy,
         "accuracy": accuracy,
@@ -112,8 +132,60 @@ def quantize_to_directory(
             for result in (mobile, micro)
         },
     }
-    (out / REPORT_FILE).write_text(json.dumps(report, indent=1))
-    return report
+
+
+def _printable(value: Any) -> Any:
+    """Strings of a report with control characters (e.g. terminal escape sequences) escaped, recursively."""
+    if isinstance(value, str):
+        return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in value)
+    if isinstance(value, list):
+        return [_printable(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _printable(item) for key, item in value.items()}
+    return value
+
+
+def _is_finite_number(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
+def _report_problem(report: Any) -> str | None:
+    """What makes `report` not a report of `tf-ecqx quantize`, or None."""
+    if not isinstance(report, dict):
+        return f"it holds a {type(report).__name__}, not an object"
+    for key in ("model", "data"):
+        if not isinstance(report.get(key), str):
+            return f"{key!r} is missing or not a string"
+    for key in ("float_accuracy", "accuracy"):
+        if not _is_finite_number(report.get(key)) or not 0 <= report[key] <= 1:
+            return f"{key!r} is missing or not an accuracy in [0, 1]"
+    layers = report.get("layers")
+    fields = {f.name for f in dataclasses.fields(LayerStats)}
+    if not isinstance(layers, list) or not layers:
+        return "'layers' is missing or empty"
+    for layer in layers:
+        if not isinstance(layer, dict) or set(layer) != fields or not isinstance(layer["name"], str):
+            return f"a layer entry does not have exactly the fields {sorted(fields)}"
+        if not all(_is_finite_number(layer[f]) for f in fields - {"name"}):
+            return f"layer {layer['name']!r} has a value that is not a finite number"
+    return None
+
+
+def read_report(path: Path) -> dict[str, Any]:
+    """The report.json of a `quantize` directory, checked, with its strings made safe to print."""
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); run `tf-ecqx quantize` again to write it.") from error
+    problem = _report_problem(report)
+    if problem:
+        raise ValueError(f"{path} is not a report of `tf-ecqx quantize`: {problem}. Run `tf-ecqx quantize` again.")
+    return _printable(report)
 
 
 def report_text(target: str | os.PathLike) -> str:
@@ -123,7 +195,7 @@ def report_text(target: str | os.PathLike) -> str:
         report_path = target / REPORT_FILE
         if not report_path.is_file():
             raise FileNotFoundError(f"{target} has no {REPORT_FILE}: pass an output directory of `tf-ecqx quantize`.")
-        report = json.loads(report_path.read_text())
+        report = read_report(report_path)
         stats = [LayerStats(**layer) for layer in report["layers"]]
         head = (
             f"{report['model']} on {report['data']}: float accuracy {report['float_accuracy']:.4f}, quantized "
@@ -134,7 +206,7 @@ def report_text(target: str | os.PathLike) -> str:
     stats = layer_stats(load_model_file(target))
     if not stats:
         raise ValueError(f"{target} holds no tf_ecqx-quantized layer; pass a QAT model or a `quantize` directory.")
-    return format_layer_table(stats)
+    return _printable(format_layer_table(stats))
 
 
 def _file_sizes_of(directory: Path, names: list[str]) -> str:
@@ -148,6 +220,8 @@ def explain(model_path: str | os.PathLike, data: str, out: str | os.PathLike, sa
     """Input-relevance heatmaps (LRP) of the first `samples` test images for a float or QAT `.keras` model."""
     if samples < 1:
         raise ValueError(f"samples={samples} must be >= 1.")
+    check_writable(out)
     _, test = datasets.load(data)
     model = load_model_file(model_path)
+    datasets.check_fits(test, model.inputs[0].shape[1:], model.outputs[0].shape[-1], "test data")
     return plot_relevance(model, test.x[:samples], out, y=np.asarray(test.y[:samples], np.int32))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import os
+import zipfile
+import zlib
 from pathlib import Path
 from typing import NamedTuple
 
@@ -35,8 +37,11 @@ class Split(NamedTuple):
 def _read_idx(path: Path) -> np.ndarray:
     """Read an IDX file (optionally .gz) as a numpy array; fail clearly on a corrupt one."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as error:
+        raise ValueError(f"{path} is truncated or corrupt ({error}); re-download it.") from error
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise ValueError(f"{path} is not an unsigned-byte IDX file (bad magic number); re-download it.")
     ndim = data[3]
@@ -106,19 +111,61 @@ def fashion_mnist(directory: str | os.PathLike | None = None, use_tfds: bool = T
     )
 
 
+def check_split(split: Split, where: str) -> Split:
+    """The split, if it has samples, finite images and non-negative integer labels, one per image; else a ValueError
+    naming the problem (NaN pixels would make training diverge, fractional labels would be truncated silently)."""
+    x, y = split
+    if len(x) == 0 or y.ndim != 1 or len(x) != len(y):
+        raise ValueError(
+            f"{where}: {len(x)} samples and labels of shape {y.shape}; need as many labels as samples, > 0."
+        )
+    if not np.issubdtype(x.dtype, np.number) or not np.issubdtype(y.dtype, np.number):
+        raise ValueError(f"{where}: images ({x.dtype}) and labels ({y.dtype}) must be numeric arrays.")
+    bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))
+    if bad.size:
+        raise ValueError(
+            f"{where}: {bad.size} images contain NaN or inf values (first: sample {bad[0]}); remove or repair them."
+        )
+    if not np.all(np.isfinite(y)) or np.any(y != np.round(y)) or np.any(y < 0):
+        raise ValueError(
+            f"{where}: labels must be integer class indices >= 0 (found values from {np.min(y)!r} to {np.max(y)!r}); "
+            "pass integer labels, not one-hot rows or probabilities."
+        )
+    return Split(x.astype(np.float32), y.astype(np.int64))
+
+
+def check_fits(split: Split, input_shape: tuple, classes: int, where: str) -> None:
+    """A ValueError unless the images have the model's input shape and the labels index its `classes` outputs."""
+    if tuple(split.x.shape[1:]) != tuple(input_shape):
+        raise ValueError(
+            f"{where}: images of shape {tuple(split.x.shape[1:])}, but the model takes {tuple(input_shape)}. Pass "
+            "data shaped like the model's input (resize or reshape it first)."
+        )
+    if int(split.y.max()) >= classes:
+        raise ValueError(
+            f"{where}: labels up to {int(split.y.max())}, but the model has {classes} outputs (classes 0 to "
+            f"{classes - 1}). Pass the data the model was trained on."
+        )
+
+
 def load_npz(path: str | os.PathLike) -> tuple[Split, Split]:
     """(train, test) from an .npz file with arrays x_train, y_train, x_test, y_test (images as in Split or uint8)."""
-    with np.load(path) as arrays:
+    try:
+        archive = np.load(path)
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        raise ValueError(f"{path} is not a readable .npz file ({error}); write it again with np.savez.") from error
+    with archive as arrays:
         missing = {"x_train", "y_train", "x_test", "y_test"} - set(arrays.files)
         if missing:
             raise ValueError(f"{path} lacks the arrays {sorted(missing)}; it needs x_train, y_train, x_test, y_test.")
         splits = []
         for split in ("train", "test"):
-            x, y = arrays[f"x_{split}"], arrays[f"y_{split}"].astype(np.int64).reshape(-1)
-            x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
-            if len(x) == 0 or len(x) != len(y):
-                raise ValueError(f"{path}: {len(x)} {split} samples and {len(y)} labels; both must be equal and > 0.")
-            splits.append(Split(x, y))
+            x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+            if x.dtype == np.uint8:
+                x = x.astype(np.float32) / 255.0
+            splits.append(
+                check_split(Split(x, y.reshape(-1) if y.ndim == 2 and y.shape[1] == 1 else y), f"{path} {split}")
+            )
     return splits[0], splits[1]
 
 

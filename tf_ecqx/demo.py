@@ -11,6 +11,7 @@ from tf_ecqx._keras import keras
 from tf_ecqx.callbacks import RelevanceCallback
 from tf_ecqx.datasets import Split, fashion_mnist
 from tf_ecqx.ecq.grid import check_bits
+from tf_ecqx.files import staged_directory
 from tf_ecqx.models import compile_for_classification, trained_float_model
 from tf_ecqx.quantization.api import quantize_model
 from tf_ecqx.quantization.quantizers import check_lambda, check_p
@@ -63,7 +64,16 @@ def run_demo(
 ) -> dict[str, Any]:
     """Train (or load) the float CNN; quantize it with ECQ and with ECQx, fine-tune both the same way, print accuracies
     and layer tables side by side; with an output_dir, export the ECQx model (mobile and micro TFLite, bitstream),
-    print the size table and save input-relevance heatmaps."""
+    print the size table and save input-relevance heatmaps. output_dir is checked before training, and its files
+    appear together at the end (a failed run leaves it as it was)."""
+    if output_dir is None:
+        return _demo(settings, verbose, None, None)
+    with staged_directory(output_dir) as staging:
+        return _demo(settings, verbose, staging, Path(output_dir))
+
+
+def _demo(settings: DemoSettings, verbose: int, staging: Path | None, output_dir: Path | None) -> dict[str, Any]:
+    """run_demo's work; exported files go to `staging`, and messages name their final folder `output_dir`."""
     train, test = fashion_mnist()
     print(f"Fashion-MNIST: {len(train.x)} training and {len(test.x)} test images")
     model = trained_float_model("demo_cnn", train, settings.float_epochs, settings.batch_size, settings.seed, verbose)
@@ -91,12 +101,12 @@ def run_demo(
     for name, run in runs.items():
         result[f"{name.lower()}_accuracy"] = run.accuracy
         result[f"{name.lower()}_sparsity"] = model_totals(run.stats).sparsity
-    if output_dir is not None:
+    if staging is not None:
         qmodel = runs["ECQx"].qmodel
         print(f"\nExporting the ECQx model to {output_dir}/ (TFLite for LiteRT and TFLM, bitstream), verified:")
-        rows = size_table(qmodel, train.x[:200], output_dir)
+        rows = size_table(qmodel, train.x[:200], staging)
         print(format_size_table(rows))
         result["sizes"] = {row.artifact: row.bytes for row in rows}
-        heatmaps = plot_relevance(qmodel, test.x[:16], Path(output_dir) / "relevance.png", composite=settings.relevance)
-        print(f"input relevances of 16 test images (ECQx model): {heatmaps}")
+        plot_relevance(qmodel, test.x[:16], staging / "relevance.png", composite=settings.relevance)
+        print(f"input relevances of 16 test images (ECQx model): {output_dir / 'relevance.png'}")
     return result

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,3 +49,64 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
     with atomic_path(path) as temporary:
         temporary.write_bytes(data)
     return Path(path)
+
+
+def _created_parents(directory: Path) -> list[Path]:
+    """Create `directory` and its missing parents; returns those it created, deepest first."""
+    missing = [p for p in (directory, *directory.parents) if not p.exists()]
+    directory.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def _move_in(source: Path, target: Path, trash: Path) -> None:
+    """Move `source` to `target`, replacing a file or folder there (an old folder goes to `trash` first)."""
+    if target.is_dir() and not target.is_symlink():
+        os.rename(target, trash / target.name)
+    os.replace(source, target)
+
+
+def _publish(staging: Path, out: Path, manifest: str | None) -> None:
+    """Move the staged outputs into `out` (the manifest out first and in last); see staged_directory."""
+    if not out.exists():
+        os.rename(staging, out)
+        return
+    trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    try:
+        if manifest is not None:
+            (out / manifest).unlink(missing_ok=True)
+        for entry in sorted(staging.iterdir(), key=lambda entry: entry.name == manifest):
+            _move_in(entry, out / entry.name, trash)
+    finally:
+        shutil.rmtree(trash, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_directory(out: str | os.PathLike, manifest: str | None = None) -> Iterator[Path]:
+    """An empty folder beside `out` to write a run's outputs to; they move into `out` together when the block ends.
+
+    Checked before any work: `out` must be a folder (or not exist) that can be written. On success every entry
+    replaces the same-named entry of `out` (other files there are kept); `manifest`, the file that describes the run,
+    is removed first and moved in last, so it never sits beside outputs of another run. On an error `out` is left
+    as it was, and neither the staging folder nor folders created for it remain.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"Cannot write the outputs to {out}: it is a file, not a folder. Choose another --out.")
+    if out.is_dir() and not os.access(out, os.W_OK):
+        raise PermissionError(f"Cannot write the outputs to {out}: the folder is not writable. Choose another --out.")
+    try:
+        created = _created_parents(out.parent)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise PermissionError(f"Cannot write the outputs to {out}: {reason}. Choose another --out.") from error
+    try:
+        yield staging
+        _publish(staging, out, manifest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        for directory in created:
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        raise

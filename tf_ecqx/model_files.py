@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import zipfile
+import zlib
 from pathlib import Path
 
 from tf_ecqx._keras import keras
@@ -17,12 +18,19 @@ def saved_keras_version(path: str | os.PathLike) -> str:
         raise FileNotFoundError(f"No Keras model file at {str(path)!r}.")
     try:
         with zipfile.ZipFile(path) as archive:
-            return str(json.loads(archive.read("metadata.json")).get("keras_version", "unknown"))
-    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError) as error:
+            damaged = archive.testzip()
+            version = str(json.loads(archive.read("metadata.json")).get("keras_version", "unknown"))
+    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, EOFError, zlib.error) as error:
         raise ValueError(
             f"{str(path)!r} is not a `.keras` model archive (save models with model.save('name.keras')); "
             "load the model yourself and pass the model object."
         ) from error
+    if damaged is not None:
+        raise ValueError(
+            f"{str(path)!r} is damaged: its member {damaged!r} fails its CRC check (an incomplete copy or a disk "
+            "error). Use an intact copy or save the model again."
+        )
+    return version
 
 
 def load_model_file(path: str | os.PathLike) -> keras.Model:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -71,7 +72,14 @@ def trained_float_model(
     """The float model `name` trained on `train`, from the cache when it was trained before with these settings."""
     path = CACHE_DIR / f"{name}_e{epochs}_b{batch_size}_s{seed}_n{len(train.x)}.keras"
     if path.exists():
-        return compile_for_classification(keras.models.load_model(path, compile=False))
+        try:
+            return compile_for_classification(keras.models.load_model(path, compile=False))
+        except Exception as error:  # a damaged cache file fails in zipfile, h5py or Keras, with many error types
+            warnings.warn(
+                f"The cached float model {path} cannot be loaded ({type(error).__name__}: "
+                f"{str(error).splitlines()[0] if str(error) else ''}); training it again and replacing the file.",
+                stacklevel=2,
+            )
     keras.utils.set_random_seed(seed)
     model = compile_for_classification(ARCHITECTURES[name]())
     model.fit(train.as_dataset(batch_size, shuffle=True, seed=seed), epochs=epochs, verbose=verbose)

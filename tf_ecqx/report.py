@@ -11,6 +11,7 @@ import numpy as np
 
 from tf_ecqx._keras import keras
 from tf_ecqx.ecq.assign import layer_lambda
+from tf_ecqx.files import atomic_path
 from tf_ecqx.quantization.api import quantized_kernels
 from tf_ecqx.relevance.composites import Composite
 from tf_ecqx.relevance.lrp import checked_input, lrp
@@ -184,7 +185,8 @@ def plot_relevance(
 def _save(figure: Any, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, format="png", dpi=100)
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=100)
     return path
 
 

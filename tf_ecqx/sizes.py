@@ -14,6 +14,7 @@ import tensorflow as tf
 from tf_ecqx._keras import keras
 from tf_ecqx.export.bitstream import encode
 from tf_ecqx.export.tflite import to_tflite
+from tf_ecqx.files import atomic_write
 from tf_ecqx.quantization.api import quantized_kernels
 from tf_ecqx.quantization.strip import strip
 from tf_ecqx.report import layer_stats
@@ -47,13 +48,13 @@ def size_table(
         out.mkdir(parents=True, exist_ok=True)
         plain = strip(qmodel)
         sizes: dict[str, bytes] = {"float32 TFLite": tf.lite.TFLiteConverter.from_keras_model(plain).convert()}
-        (out / "float32.tflite").write_bytes(sizes["float32 TFLite"])
+        atomic_write(out / "float32.tflite", sizes["float32 TFLite"])
         for name, target, sparse in (("int8", "mobile", False), ("sparse int8", "mobile", True), ("micro", "micro", 0)):
             path = out / f"{name.replace(' ', '_')}.tflite"
             to_tflite(qmodel, path, representative_data, target=target, sparse=bool(sparse))
             sizes[f"{name} TFLite" if target == "mobile" else "micro TFLite (int8 + LUT)"] = path.read_bytes()
         bitstream = encode(qmodel)
-        (out / "kernels.ecqx").write_bytes(bitstream)
+        atomic_write(out / "kernels.ecqx", bitstream)
     rows: dict[str, int] = {}
     for name, data in sizes.items():
         rows[name] = len(data)

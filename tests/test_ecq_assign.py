@@ -13,7 +13,7 @@ HAND_W = np.array([-1.0, -0.6, 0.1, 0.2, 0.3, 1.0], np.float32)
 
 
 def brute_force_costs(w: np.ndarray, grid: Grid, lam: float) -> tuple[np.ndarray, np.ndarray]:
-    """The specification: the full (weights x levels) cost matrix of ECQX_METHOD.md section 3 and the level codes."""
+    """The specification: the full (weights x levels) cost matrix of docs/method.md section 3 and the level codes."""
     codes = np.arange(int(grid.k_min), int(grid.k_max) + 1)
     step = float(grid.step)
     preliminary = np.clip(np.round(w / step), codes[0], codes[-1]).astype(int)
@@ -87,7 +87,7 @@ def test_layer_size_factor_scales_the_pressure(rng):
 
 
 def test_reference_numbers_of_the_method_page(rng):
-    """ECQX_METHOD.md: 100x50 Gaussian kernel at 4 bit gives sparsity 0.17 / 0.31 / 0.72 / 0.99 for these lambdas."""
+    """docs/method.md: 100x50 Gaussian kernel at 4 bit gives sparsity 0.17 / 0.31 / 0.72 / 0.99 for these lambdas."""
     w = np.random.default_rng(0).normal(size=(100, 50)).astype(np.float32)
     grid = init_grid(w, 4)
     observed = [float(assign.sparsity(assign.ecq_codes(w, grid, lam))) for lam in (0.0, 0.05, 0.3, 1.0)]

@@ -1,4 +1,4 @@
-"""The relevance-corrected assignment of ECQx (ECQX_METHOD.md §4) and the exact order statistic behind its beta."""
+"""The relevance-corrected assignment of ECQx (docs/method.md §4) and the exact order statistic behind its beta."""
 
 import numpy as np
 import tensorflow as tf

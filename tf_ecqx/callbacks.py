@@ -1,4 +1,4 @@
-"""Callbacks for `model.fit`: RelevanceCallback keeps ECQx's weight relevances current (ECQX_METHOD.md §5);
+"""Callbacks for `model.fit`: RelevanceCallback keeps ECQx's weight relevances current (docs/method.md §5);
 QuantizationMetrics writes per-layer sparsity, entropy and lambda to the Keras logs and TensorBoard."""
 
 from __future__ import annotations

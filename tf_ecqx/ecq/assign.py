@@ -1,4 +1,4 @@
-"""Entropy-constrained assignment of weights to grid levels (ECQX_METHOD.md §3).
+"""Entropy-constrained assignment of weights to grid levels (docs/method.md §3).
 
 Pure TensorFlow, no Keras, no state: every function maps tensors to tensors and runs inside the compiled train step.
 The argmin over levels is exact but never materialises an (N weights x L levels) cost matrix: the cost of a nonzero
@@ -193,7 +193,7 @@ def zeroing_thresholds(assignment: Assignment, r: tf.Tensor) -> tf.Tensor:
 
 
 class RelevanceBeta(NamedTuple):
-    """The exponent beta of the zero-cost correction, and whether it meets the sparsity interval (ECQX_METHOD.md §4)."""
+    """The exponent beta of the zero-cost correction, and whether it meets the sparsity interval (docs/method.md §4)."""
 
     beta: tf.Tensor
     feasible: tf.Tensor
@@ -226,7 +226,7 @@ def ecqx_codes(
     p: float | tf.Tensor = 0.1,
     layer_size_factor: float | tf.Tensor = 1.0,
 ) -> tf.Tensor:
-    """Relevance-corrected codes (ECQX_METHOD.md §4): zero cost C_0 * 2 r^beta, sparsity within [s_ECQ - p, s_ECQ].
+    """Relevance-corrected codes (docs/method.md §4): zero cost C_0 * 2 r^beta, sparsity within [s_ECQ - p, s_ECQ].
 
     Weights with zero relevance keep ECQ's decision (see zeroing_thresholds). Where the relevance cannot rank the
     weights (all r equal, e.g. all zero before the first refresh) or no beta meets the interval, the ECQ codes are

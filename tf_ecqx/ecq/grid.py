@@ -1,4 +1,4 @@
-"""Centroid grid of one kernel: step size and integer level range (ECQX_METHOD.md §2).
+"""Centroid grid of one kernel: step size and integer level range (docs/method.md §2).
 
 The grid is fixed for the whole training and computed once from the pretrained kernel. Level k sits at k * step.
 Codes must fit the int8 narrow range [-127, 127] so that the TFLite export stores them unchanged; for b = 8 the

@@ -77,7 +77,7 @@ def straight_through(w: tf.Tensor, w_q: tf.Tensor, rule: str) -> tf.Tensor:
 
 
 class ECQxWeightQuantizer(tfmot_quantizers.Quantizer):
-    """Entropy-constrained quantization of one kernel to `bits` bits (ECQX_METHOD.md §2, §3, §5).
+    """Entropy-constrained quantization of one kernel to `bits` bits (docs/method.md §2, §3, §5).
 
     relevance: None for ECQ, or the relevance source of ECQx (see `relevance_source`); p: the sparsity ECQx may give
     back relative to ECQ (§4).

@@ -308,7 +308,7 @@ def lrp(
 def weight_relevances_from_outputs(
     model: keras.Model, x: Any, output_relevances: Mapping[str, Any], epsilon: float
 ) -> dict[str, np.ndarray]:
-    """Per-weight relevances (lrp()'s ε rule, ECQX_METHOD.md §6) from given relevances at the linear layers' outputs.
+    """Per-weight relevances (lrp()'s ε rule, docs/method.md §6) from given relevances at the linear layers' outputs.
 
     The weight half of lrp() for a reverse pass run elsewhere (e.g. iNNvestigate): output_relevances maps each
     Dense/Conv layer's name (the inner name in a QAT model) to the relevance at its output, shaped like that output for

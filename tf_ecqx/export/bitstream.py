@@ -37,6 +37,7 @@ VERSION = 1
 PREAMBLE = struct.Struct("<4sBQ")  # magic, version, total length
 CRC = struct.Struct("<I")
 INT8_MIN, INT8_MAX = -128, 127
+VARINT_MAX_BYTES = 10  # 64 bits
 PLAIN_KERNEL_ATTRS = ("kernel", "depthwise_kernel")
 
 
@@ -97,13 +98,16 @@ class _Reader:
         return struct.unpack(fmt, self.take(struct.calcsize(fmt)))
 
     def varint(self) -> int:
-        value, shift = 0, 0
-        while True:
+        """An unsigned LEB128 integer of at most 64 bits, the widest the writer produces."""
+        start, value = self.pos, 0
+        for shift in range(0, 7 * VARINT_MAX_BYTES, 7):
             (byte,) = self.take(1)
             value |= (byte & 0x7F) << shift
-            shift += 7
             if not byte & 0x80:
+                if value >> 64:
+                    raise _malformed(f"the varint at byte {start} exceeds 64 bits")
                 return value
+        raise _malformed(f"the varint at byte {start} is longer than {VARINT_MAX_BYTES} bytes")
 
 
 def _malformed(detail: str) -> BitstreamError:

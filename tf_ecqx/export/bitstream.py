@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_ecqx._keras import keras
-from tf_ecqx.ecq.grid import check_bits
+from tf_ecqx.ecq.grid import MAX_BITS, MIN_BITS, check_bits
 from tf_ecqx.files import atomic_write, check_writable
 from tf_ecqx.quantization.api import QuantizedKernel, quantized_kernels
 
@@ -37,6 +37,8 @@ VERSION = 1
 PREAMBLE = struct.Struct("<4sBQ")  # magic, version, total length
 CRC = struct.Struct("<I")
 INT8_MIN, INT8_MAX = -128, 127
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+MAX_RANK = 8  # Keras kernels have rank <= 5
 VARINT_MAX_BYTES = 10  # 64 bits
 PLAIN_KERNEL_ATTRS = ("kernel", "depthwise_kernel")
 
@@ -161,17 +163,34 @@ def _decompress(payload: bytes, lo: int, counts: np.ndarray, name: str) -> np.nd
 # --- layers <-> bytes ---
 
 
+def _layer_problem(rank: int, bits: int, step: float, k_min: int, k_max: int) -> str | None:
+    """What is wrong with these layer fields, or None: the one rule set for writing and for reading a file."""
+    try:
+        check_bits(bits)
+    except ValueError:
+        return f"bits must be an integer from {MIN_BITS} to {MAX_BITS}, got {bits!r}"
+    if rank > MAX_RANK:
+        return f"rank must be at most {MAX_RANK}, got {rank}"
+    if not INT8_MIN <= k_min <= 0 <= k_max <= INT8_MAX:
+        return f"grid [{k_min}, {k_max}] must contain 0 and fit int8 [-128, 127]"
+    if k_max - k_min + 1 > 2**bits:
+        return f"grid [{k_min}, {k_max}] must have at most 2**{bits} = {2**bits} levels at {bits} bits"
+    if not (np.isfinite(step) and step > 0):
+        return f"step must be a finite float32 > 0, got {float(step)!r}"
+    extreme = max(-k_min, k_max, 1)
+    if extreme * float(step) > FLOAT32_MAX:
+        return f"step {float(step)!r} times level {extreme} must fit float32"
+    return None
+
+
 def _check_layer(layer: DecodedLayer) -> None:
-    check_bits(layer.bits)
     where = f"Layer {layer.name!r}"
-    if not INT8_MIN <= layer.k_min <= 0 <= layer.k_max <= INT8_MAX:
-        raise ValueError(f"{where}: grid [{layer.k_min}, {layer.k_max}] must contain 0 and fit int8 [-128, 127].")
+    if problem := _layer_problem(layer.codes.ndim, layer.bits, layer.step, layer.k_min, layer.k_max):
+        raise ValueError(f"{where}: {problem}.")
     if not np.issubdtype(layer.codes.dtype, np.integer):
         raise ValueError(f"{where}: codes must be an integer array, got {layer.codes.dtype}.")
     if layer.codes.size and not layer.k_min <= layer.codes.min() <= layer.codes.max() <= layer.k_max:
         raise ValueError(f"{where}: codes must lie in the grid [{layer.k_min}, {layer.k_max}].")
-    if not np.isfinite(layer.step) or layer.step <= 0:
-        raise ValueError(f"{where}: step must be a finite float32 > 0, got {layer.step!r}.")
 
 
 def _layer_bytes(layer: DecodedLayer) -> bytes:
@@ -199,6 +218,8 @@ def _read_layer(reader: _Reader) -> DecodedLayer:
     (rank,) = reader.unpack("<B")
     shape = tuple(reader.varint() for _ in range(rank))
     bits, step, k_min, k_max, lo, hi = reader.unpack("<Bfbbbb")
+    if problem := _layer_problem(rank, bits, step, k_min, k_max):
+        raise _malformed(f"layer {name!r}: {problem}")
     if not k_min <= lo <= hi <= k_max:
         raise _malformed(f"layer {name!r} has codes [{lo}, {hi}] outside its grid [{k_min}, {k_max}]")
     counts = np.array([reader.varint() for _ in range(hi - lo + 1)], np.int64)

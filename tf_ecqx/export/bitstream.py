@@ -56,6 +56,8 @@ DEFAULT_MAX_WEIGHTS = 2**28  # 256 MiB of int8 codes, 1 GiB of float32 values
 ENTROPY_SLACK_FRACTION = 2**-8
 ENTROPY_SLACK_BYTES = 8
 DECODE_CHUNK = 2**20  # symbols per constriction call: bounds its int32 output to 4 MiB
+# The exception types constriction's extension module raises (PyExc_* it references); on decoding, bad data.
+CONSTRICTION_ERRORS = (ValueError, RuntimeError, AssertionError, OverflowError)
 PLAIN_KERNEL_ATTRS = ("kernel", "depthwise_kernel")
 
 
@@ -367,7 +369,7 @@ def _ans_decode_into(codes: np.ndarray, header: _LayerHeader, occurring: np.ndar
             symbols = coder.decode(model, min(DECODE_CHUNK, codes.size - start))
             codes[start : start + symbols.size] = occurring[symbols]
         surplus = not coder.is_empty()
-    except (ValueError, RuntimeError) as error:  # how constriction refuses compressed data
+    except CONSTRICTION_ERRORS as error:
         raise _malformed(f"the payload of layer {header.name!r} cannot be ANS-decoded: {error}") from error
     if surplus:
         raise _malformed(f"the payload of layer {header.name!r} holds more data than its {codes.size} codes")

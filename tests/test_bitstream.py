@@ -1,7 +1,13 @@
 """The entropy-coded bitstream: bit-exact round trips, size near the entropy bound, refusal of bad files and of
 mismatching models, and loading into QAT and plain models."""
 
+import contextlib
+import struct
+import time
+import tracemalloc
 import warnings
+import zlib
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -13,7 +19,7 @@ from hypothesis.extra import numpy as hnp
 import tf_ecqx
 from tf_ecqx._keras import keras
 from tf_ecqx.export import BitstreamError, DecodedLayer, decode, encode, encode_layers, load_into, save
-from tf_ecqx.export.bitstream import _code_model, _compress
+from tf_ecqx.export.bitstream import CRC, MAGIC, PREAMBLE, VERSION, _code_model, _compress, _varint
 from tf_ecqx.models import compile_for_classification
 from tf_ecqx.quantization.api import quantized_kernels
 from tf_ecqx.report import code_entropy
@@ -196,7 +202,158 @@ def test_load_into_refuses_a_corrupt_file_and_changes_nothing(trained, saved, tm
         np.testing.assert_array_equal(a, b)
 
 
-# --- loading into models ---
+# --- crafted files: CRC-valid, with header fields no writer produces ---
+
+CRAFT_CODES = np.array([[0, 1, 1, 0], [-1, 1, 0, 0]])
+
+
+def container(*records: bytes) -> bytes:
+    """A container around raw layer records, its length and CRC computed as the writer does."""
+    body = _varint(len(records)) + b"".join(records)
+    head = PREAMBLE.pack(MAGIC, VERSION, PREAMBLE.size + len(body) + CRC.size)
+    return head + body + CRC.pack(zlib.crc32(head + body))
+
+
+def record(
+    name: bytes = b"fc",
+    shape: tuple[int, ...] = (2, 4),
+    rank: int | None = None,
+    bits: int = 4,
+    step: float = 0.5,
+    grid: tuple[int, int] = (-8, 7),
+    occurring: tuple[int, int] = (-1, 1),
+    counts: tuple[int, ...] = (1, 4, 3),
+    payload: bytes | None = None,
+) -> bytes:
+    """One layer record, field by field in the order of the format; the defaults describe CRAFT_CODES."""
+    if payload is None:
+        payload = _compress(CRAFT_CODES, *_code_model(CRAFT_CODES))
+    return b"".join(
+        [
+            _varint(len(name)),
+            name,
+            struct.pack("<B", len(shape) if rank is None else rank),
+            *(_varint(d) for d in shape),
+            struct.pack("<Bfbbbb", bits, step, *grid, *occurring),
+            *(_varint(c) for c in counts),
+            _varint(len(payload)),
+            payload,
+        ]
+    )
+
+
+def test_crafted_defaults_are_what_encode_layers_writes():
+    layer = DecodedLayer("fc", 4, np.float32(0.5), -8, 7, CRAFT_CODES)
+    assert container(record()) == encode_layers([layer])
+    np.testing.assert_array_equal(decode(container(record()))[0].codes, CRAFT_CODES)
+
+
+ZEROS = {"occurring": (0, 0), "counts": (8,), "payload": b""}  # all codes 0: a single code, no payload
+HOSTILE = {
+    "step nan": (record(step=float("nan")), "step must be a finite float32 > 0, got nan"),
+    "step inf": (record(step=float("inf")), "step must be a finite float32 > 0, got inf"),
+    "step -1": (record(step=-1.0), "step must be a finite float32 > 0, got -1.0"),
+    "step 0": (record(step=0.0), "step must be a finite float32 > 0, got 0.0"),
+    "step overflows at the grid's end": (record(step=3e38), "step 3.* times level 8 must fit float32"),
+    "bits 0": (record(bits=0), "bits must be an integer from 2 to 8, got 0"),
+    "bits 1": (record(bits=1), "bits must be an integer from 2 to 8, got 1"),
+    "bits 9": (record(bits=9), "bits must be an integer from 2 to 8, got 9"),
+    "bits 200": (record(bits=200), "bits must be an integer from 2 to 8, got 200"),
+    "k_min > 0": (record(grid=(1, 7), occurring=(1, 1), counts=(8,), payload=b""), r"grid \[1, 7\] must contain 0"),
+    "k_max < 0": (record(grid=(-8, -1), occurring=(-1, -1), counts=(8,), payload=b""), "must contain 0"),
+    "grid wider than bits": (record(bits=2), r"grid \[-8, 7\] must have at most 2\*\*2 = 4 levels at 2 bits"),
+    "rank 100": (record(shape=(1,) * 98 + (2, 4)), "rank must be at most 8, got 100"),
+    "varint of 2**70": (record(shape=(2**70,), **ZEROS), "varint at byte 18 is longer than 10 bytes"),
+    "varint of 2**64": (record(shape=(2**64,), **ZEROS), "varint at byte 18 exceeds 64 bits"),
+    "zero ANS word": (record(payload=bytes(4)), "payload of layer 'fc' cannot be ANS-decoded"),
+    "payload shorter than its entropy": (
+        record(shape=(1024,), occurring=(0, 1), counts=(512, 512), payload=b"\x01" * 100),
+        "100-byte payload; the entropy of its 1024 codes needs at least 119 bytes",
+    ),
+    "payload for a single code": (record(**{**ZEROS, "payload": b"\x01"}), "single code, which needs no payload"),
+    "name not UTF-8": (record(name=b"\xff"), r"layer name b'\\xff' is not UTF-8"),
+}
+
+
+@pytest.mark.parametrize("fields, message", HOSTILE.values(), ids=HOSTILE.keys())
+def test_crafted_file_is_refused_as_malformed(fields, message):
+    with pytest.raises(BitstreamError, match=f"malformed although its checksum matches.*{message}.*save"):
+        decode(container(fields))
+
+
+def test_repeated_layer_names_are_refused():
+    with pytest.raises(BitstreamError, match=r"layer names \['fc'\] occur more than once"):
+        decode(container(record(), record()))
+
+
+@contextlib.contextmanager
+def traced() -> Iterator[dict[str, float]]:
+    """The cost of the enclosed block: peak bytes allocated as tracemalloc sees them, and seconds (which also catch
+    what tracemalloc misses, such as constriction's allocations)."""
+    cost = {}
+    tracemalloc.start()
+    start = time.perf_counter()
+    try:
+        yield cost
+    finally:
+        cost["seconds"] = time.perf_counter() - start
+        cost["peak"] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+
+
+BIG = {
+    "2**28 codes, 4-byte payload": (
+        record(shape=(2**28,), occurring=(0, 1), counts=(2**27, 2**27), payload=b"\x01\0\0\0"),
+        "4-byte payload; the entropy of its 268435456 codes needs at least 33423352 bytes",
+    ),
+    "2**36 codes of one value": (
+        record(shape=(2**36,), occurring=(0, 0), counts=(2**36,), payload=b""),
+        "declares 68719476736 weights, more than max_weights=268435456 .* pass max_weights=68719476736",
+    ),
+}
+
+
+@pytest.mark.parametrize("fields, message", BIG.values(), ids=BIG.keys())
+def test_huge_declared_sizes_are_refused_fast_and_without_allocating(fields, message):
+    data = container(fields)
+    assert len(data) < 60
+    with traced() as cost, pytest.raises(BitstreamError, match=message):
+        decode(data)
+    assert cost["peak"] < 2**20 and cost["seconds"] < 1.0
+
+
+def test_a_single_code_layer_decodes_without_a_byte_per_weight():
+    data = container(record(shape=(2**14, 2**14), occurring=(3, 3), counts=(2**28,), payload=b""))
+    with traced() as cost:
+        (layer,) = decode(data)
+    assert cost["peak"] < 2**20
+    assert layer.shape == (2**14, 2**14)
+    np.testing.assert_array_equal(layer.codes[::4096, ::4096], np.full((4, 4), 3))
+
+
+def test_max_weights_caps_the_weights_a_file_declares_and_can_be_raised():
+    data = encode_layers([synthetic_layer("a", np.zeros((64, 32))), synthetic_layer("b", np.ones(16))])
+    with pytest.raises(BitstreamError, match=r"declares 2064 weights, more than max_weights=2063 .* max_weights=2064"):
+        decode(data, max_weights=2063)
+    assert [layer.shape for layer in decode(data, max_weights=2064)] == [(64, 32), (16,)]
+
+
+def test_decoded_codes_are_read_only_int8(good_bytes):
+    for layer in decode(good_bytes):
+        assert layer.codes.dtype == np.int8 and not layer.codes.flags.writeable
+
+
+@pytest.mark.parametrize(
+    "layer, message",
+    [
+        (DecodedLayer("a", 2, np.float32(0.5), -8, 7, np.zeros(4, np.int32)), r"at most 2\*\*2 = 4 levels"),
+        (DecodedLayer("a", 4, np.float32(0.5), -8, 7, np.zeros((1,) * 9, np.int32)), "rank must be at most 8"),
+        (DecodedLayer("a", 4, np.float32(3e38), -8, 7, np.zeros(4, np.int32)), "times level 8 must fit float32"),
+    ],
+)
+def test_encode_layers_refuses_what_decode_would_refuse(layer, message):
+    with pytest.raises(ValueError, match=message):
+        encode_layers([layer])
 
 
 def test_load_into_fresh_qat_model_reproduces_codes(trained, saved):
@@ -292,3 +449,50 @@ def test_load_into_qat_model_with_other_layers_lists_them(saved):
     assert "fc: quantized in the model, not in the file" in message
     for layer in decode(saved.read_bytes()):
         assert f"{layer.name}: in the file, not an ECQx-quantized layer of the model" in message
+
+
+# --- loading crafted files ---
+
+
+def plain_dense_model() -> keras.Model:
+    return keras.Sequential([keras.Input((64,)), keras.layers.Dense(32, name="fc")])
+
+
+FC_ZEROS = {"shape": (64, 32), "occurring": (0, 0), "counts": (2048,), "payload": b""}
+HOSTILE_FOR_FC = {
+    "step nan": (record(**FC_ZEROS, step=float("nan")), "step must be a finite float32 > 0, got nan"),
+    "step 0": (record(**FC_ZEROS, step=0.0), "step must be a finite float32 > 0, got 0.0"),
+    "bits 200": (record(**FC_ZEROS, bits=200), "bits must be an integer from 2 to 8, got 200"),
+    "zero ANS word": (
+        record(shape=(64, 32), occurring=(0, 1), counts=(2047, 1), payload=bytes(4)),
+        "payload of layer 'fc' cannot be ANS-decoded",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", ["qat", "plain"])
+@pytest.mark.parametrize("fields, message", HOSTILE_FOR_FC.values(), ids=HOSTILE_FOR_FC.keys())
+def test_load_into_refuses_a_hostile_file_and_changes_nothing(tmp_path, kind, fields, message):
+    model = dense_qat_model() if kind == "qat" else plain_dense_model()
+    before = all_weights(model)
+    (tmp_path / "hostile.ecqx").write_bytes(container(fields))
+    with pytest.raises(BitstreamError, match=message):
+        load_into(model, tmp_path / "hostile.ecqx")
+    for a, b in zip(before, all_weights(model), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_load_into_compares_the_headers_with_the_model_before_decoding_payloads(tmp_path):
+    undecodable = record(name=b"other", shape=(64, 32), occurring=(0, 1), counts=(2047, 1), payload=bytes(4))
+    (tmp_path / "other.ecqx").write_bytes(container(undecodable))
+    with pytest.raises(ValueError, match="nothing was changed.*\n  - other: in the file, not a layer with a kernel"):
+        load_into(plain_dense_model(), tmp_path / "other.ecqx")
+
+
+def test_load_into_passes_max_weights_on(tmp_path):
+    model = plain_dense_model()
+    (tmp_path / "fc.ecqx").write_bytes(encode_layers([synthetic_layer("fc", np.ones((64, 32)))]))
+    with pytest.raises(BitstreamError, match="max_weights=2047"):
+        load_into(model, tmp_path / "fc.ecqx", max_weights=2047)
+    load_into(model, tmp_path / "fc.ecqx", max_weights=2048)
+    np.testing.assert_array_equal(model.get_layer("fc").kernel.numpy(), np.full((64, 32), np.float32(0.01)))

@@ -10,14 +10,24 @@ about N * H(codes) / 8 bytes. Layout, version 1, little-endian, varint = unsigne
         | payload length varint | payload (ANS words as u32, zero high bytes of the last word dropped)
     crc32 u32 of every byte before it
 
+Reading trusts nothing the checksum cannot vouch for. Every layer header is read and checked before any payload is
+decoded (and, in `load_into`, compared with the model): a varint has at most 10 bytes (64 bits); name is UTF-8 and
+unique; rank <= 8, dims >= 0; bits in 2..8; grid k_min <= 0 <= k_max with at most 2**bits levels; step a finite
+float32 > 0 whose extreme levels stay finite; lo..hi inside the grid; counts sum to the number of weights; a layer
+with one distinct code (or none) has an empty payload, any other a payload of at least its counts' entropy
+N * H(counts) / 8 bytes (less a small slack for ANS rounding). The weights of all layers together must not exceed
+`max_weights` (decode, load_into), so a file of a few bytes cannot demand gigabytes.
+
 `encode_layers`/`decode` are pure numpy; `encode`, `save` and `load_into` connect them to Keras models.
 """
 
 from __future__ import annotations
 
+import math
 import struct
 import warnings
 import zlib
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +38,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_ecqx._keras import keras
-from tf_ecqx.ecq.grid import check_bits
+from tf_ecqx.ecq.grid import MAX_BITS, MIN_BITS, check_bits
 from tf_ecqx.files import atomic_write, check_writable
 from tf_ecqx.quantization.api import QuantizedKernel, quantized_kernels
 
@@ -37,6 +47,17 @@ VERSION = 1
 PREAMBLE = struct.Struct("<4sBQ")  # magic, version, total length
 CRC = struct.Struct("<I")
 INT8_MIN, INT8_MAX = -128, 127
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+MAX_RANK = 8  # Keras kernels have rank <= 5
+VARINT_MAX_BYTES = 10  # 64 bits
+DEFAULT_MAX_WEIGHTS = 2**28  # 256 MiB of int8 codes, 1 GiB of float32 values
+# ANS rounds each state update down by at most f / 2**32 <= 2**-8 of the symbol's information (24-bit probabilities f,
+# state >= 2**32); the bytes cover the start, where the state is smaller. Real payloads exceed the entropy.
+ENTROPY_SLACK_FRACTION = 2**-8
+ENTROPY_SLACK_BYTES = 8
+DECODE_CHUNK = 2**20  # symbols per constriction call: bounds its int32 output to 4 MiB
+# The exception types constriction's extension module raises (PyExc_* it references); on decoding, bad data.
+CONSTRICTION_ERRORS = (ValueError, RuntimeError, AssertionError, OverflowError)
 PLAIN_KERNEL_ATTRS = ("kernel", "depthwise_kernel")
 
 
@@ -48,7 +69,8 @@ class BitstreamError(ValueError):
 class DecodedLayer:
     """The quantized kernel of one layer: integer codes on the grid k * step, k in [k_min, k_max].
 
-    What `decode` returns and what `encode_layers` takes.
+    What `decode` returns (codes as a read-only int8 array; a layer of one code costs no memory per weight) and what
+    `encode_layers` takes (any integer array).
     """
 
     name: str
@@ -97,13 +119,16 @@ class _Reader:
         return struct.unpack(fmt, self.take(struct.calcsize(fmt)))
 
     def varint(self) -> int:
-        value, shift = 0, 0
-        while True:
+        """An unsigned LEB128 integer of at most 64 bits, the widest the writer produces."""
+        start, value = self.pos, 0
+        for shift in range(0, 7 * VARINT_MAX_BYTES, 7):
             (byte,) = self.take(1)
             value |= (byte & 0x7F) << shift
-            shift += 7
             if not byte & 0x80:
+                if value >> 64:
+                    raise _malformed(f"the varint at byte {start} exceeds 64 bits")
                 return value
+        raise _malformed(f"the varint at byte {start} is longer than {VARINT_MAX_BYTES} bytes")
 
 
 def _malformed(detail: str) -> BitstreamError:
@@ -125,9 +150,10 @@ def _code_model(codes: np.ndarray) -> tuple[int, np.ndarray]:
     return lo, np.bincount(flat - lo)
 
 
-def _categorical(counts: np.ndarray) -> constriction.stream.model.Categorical:
+def _categorical(counts: Sequence[int]) -> constriction.stream.model.Categorical:
     """The entropy model of the occurring codes: their counts as float64, exact on the encoding and decoding side."""
-    return constriction.stream.model.Categorical(counts[counts > 0].astype(np.float64), perfect=False)
+    weights = np.asarray(counts, np.float64)
+    return constriction.stream.model.Categorical(weights[weights > 0], perfect=False)
 
 
 def _compress(codes: np.ndarray, lo: int, counts: np.ndarray) -> bytes:
@@ -141,33 +167,48 @@ def _compress(codes: np.ndarray, lo: int, counts: np.ndarray) -> bytes:
     return raw[: max(len(raw.rstrip(b"\0")), len(raw) - 3)]  # drop zero high bytes of the last word only
 
 
-def _decompress(payload: bytes, lo: int, counts: np.ndarray, name: str) -> np.ndarray:
-    present = np.flatnonzero(counts) + lo
-    total = int(counts.sum())
-    if present.size <= 1:
-        return np.full(total, present[0] if present.size else 0, np.int32)
-    padded = payload + b"\0" * (-len(payload) % 4)
-    coder = constriction.stream.stack.AnsCoder(np.frombuffer(padded, "<u4").astype(np.uint32))
-    symbols = coder.decode(_categorical(counts), total)
-    if not coder.is_empty():
-        raise _malformed(f"the payload of layer {name!r} holds more data than its {total} codes")
-    return present[symbols].astype(np.int32)
+def _entropy_bits(counts: Sequence[int]) -> float:
+    """N * H(counts): no coder, whatever its model, spends fewer bits on codes with these counts (Gibbs)."""
+    total = sum(counts)
+    return sum(c * math.log2(total / c) for c in counts if c)
 
 
-# --- layers <-> bytes ---
+def _minimum_payload_bytes(counts: Sequence[int]) -> int:
+    """The shortest ANS payload that can hold codes with these counts: their entropy less the rounding slack."""
+    return math.floor(_entropy_bits(counts) / 8 * (1 - ENTROPY_SLACK_FRACTION)) - ENTROPY_SLACK_BYTES
+
+
+# --- layers -> bytes ---
+
+
+def _layer_problem(rank: int, bits: int, step: float, k_min: int, k_max: int) -> str | None:
+    """What is wrong with these layer fields, or None: the one rule set for writing and for reading a file."""
+    try:
+        check_bits(bits)
+    except ValueError:
+        return f"bits must be an integer from {MIN_BITS} to {MAX_BITS}, got {bits!r}"
+    if rank > MAX_RANK:
+        return f"rank must be at most {MAX_RANK}, got {rank}"
+    if not INT8_MIN <= k_min <= 0 <= k_max <= INT8_MAX:
+        return f"grid [{k_min}, {k_max}] must contain 0 and fit int8 [-128, 127]"
+    if k_max - k_min + 1 > 2**bits:
+        return f"grid [{k_min}, {k_max}] must have at most 2**{bits} = {2**bits} levels at {bits} bits"
+    if not (np.isfinite(step) and step > 0):
+        return f"step must be a finite float32 > 0, got {float(step)!r}"
+    extreme = max(-k_min, k_max, 1)
+    if extreme * float(step) > FLOAT32_MAX:
+        return f"step {float(step)!r} times level {extreme} must fit float32"
+    return None
 
 
 def _check_layer(layer: DecodedLayer) -> None:
-    check_bits(layer.bits)
     where = f"Layer {layer.name!r}"
-    if not INT8_MIN <= layer.k_min <= 0 <= layer.k_max <= INT8_MAX:
-        raise ValueError(f"{where}: grid [{layer.k_min}, {layer.k_max}] must contain 0 and fit int8 [-128, 127].")
+    if problem := _layer_problem(layer.codes.ndim, layer.bits, layer.step, layer.k_min, layer.k_max):
+        raise ValueError(f"{where}: {problem}.")
     if not np.issubdtype(layer.codes.dtype, np.integer):
         raise ValueError(f"{where}: codes must be an integer array, got {layer.codes.dtype}.")
     if layer.codes.size and not layer.k_min <= layer.codes.min() <= layer.codes.max() <= layer.k_max:
         raise ValueError(f"{where}: codes must lie in the grid [{layer.k_min}, {layer.k_max}].")
-    if not np.isfinite(layer.step) or layer.step <= 0:
-        raise ValueError(f"{where}: step must be a finite float32 > 0, got {layer.step!r}.")
 
 
 def _layer_bytes(layer: DecodedLayer) -> bytes:
@@ -190,20 +231,6 @@ def _layer_bytes(layer: DecodedLayer) -> bytes:
     )
 
 
-def _read_layer(reader: _Reader) -> DecodedLayer:
-    name = reader.take(reader.varint()).decode("utf-8", errors="replace")
-    (rank,) = reader.unpack("<B")
-    shape = tuple(reader.varint() for _ in range(rank))
-    bits, step, k_min, k_max, lo, hi = reader.unpack("<Bfbbbb")
-    if not k_min <= lo <= hi <= k_max:
-        raise _malformed(f"layer {name!r} has codes [{lo}, {hi}] outside its grid [{k_min}, {k_max}]")
-    counts = np.array([reader.varint() for _ in range(hi - lo + 1)], np.int64)
-    if int(counts.sum()) != int(np.prod(shape)):
-        raise _malformed(f"layer {name!r} counts {int(counts.sum())} codes for shape {shape}")
-    codes = _decompress(reader.take(reader.varint()), lo, counts, name)
-    return DecodedLayer(name, bits, np.float32(step), k_min, k_max, codes.reshape(shape))
-
-
 def encode_layers(layers: Sequence[DecodedLayer]) -> bytes:
     """The container holding these layers' codes (pure numpy; `encode` feeds it a model's kernels)."""
     names = [layer.name for layer in layers]
@@ -212,6 +239,28 @@ def encode_layers(layers: Sequence[DecodedLayer]) -> bytes:
     body = _varint(len(layers)) + b"".join(_layer_bytes(layer) for layer in layers)
     head = PREAMBLE.pack(MAGIC, VERSION, PREAMBLE.size + len(body) + CRC.size)
     return head + body + CRC.pack(zlib.crc32(head + body))
+
+
+# --- bytes -> layer headers, all checked before any payload is decoded ---
+
+
+@dataclass(frozen=True)
+class _LayerHeader:
+    """One layer as its file declares it, all but the codes themselves (still ANS-coded in `payload`)."""
+
+    name: str
+    shape: tuple[int, ...]
+    bits: int
+    step: np.float32
+    k_min: int
+    k_max: int
+    lo: int
+    counts: tuple[int, ...]
+    payload: bytes
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
 
 
 def _check_container(data: bytes) -> None:
@@ -244,14 +293,109 @@ def _check_container(data: bytes) -> None:
         )
 
 
-def decode(data: bytes) -> list[DecodedLayer]:
-    """The layers of an ECQx bitstream, bit-exact; raises BitstreamError for anything but an intact version-1 file."""
+def _read_name(reader: _Reader) -> str:
+    raw = reader.take(reader.varint())
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _malformed(f"the layer name {raw[:40]!r} is not UTF-8") from None
+
+
+def _check_code_model(header: _LayerHeader) -> None:
+    """Counts that add up to the shape, and a payload as long as they require: none for a single code, else at
+    least their entropy, so that no short file makes the decoder produce (and allocate) more than it holds."""
+    where = f"layer {header.name!r}"
+    if sum(header.counts) != header.size:
+        raise _malformed(f"{where} counts {sum(header.counts)} codes for shape {header.shape}")
+    distinct = sum(1 for count in header.counts if count)
+    if distinct <= 1 and header.payload:
+        raise _malformed(f"{where} has a single code, which needs no payload, but {len(header.payload)} payload bytes")
+    if distinct > 1 and len(header.payload) < (needed := _minimum_payload_bytes(header.counts)):
+        raise _malformed(
+            f"{where} has a {len(header.payload)}-byte payload; the entropy of its {header.size} codes needs at least "
+            f"{needed} bytes"
+        )
+
+
+def _read_header(reader: _Reader) -> _LayerHeader:
+    name = _read_name(reader)
+    (rank,) = reader.unpack("<B")
+    shape = tuple(reader.varint() for _ in range(rank))
+    bits, step, k_min, k_max, lo, hi = reader.unpack("<Bfbbbb")
+    if problem := _layer_problem(rank, bits, step, k_min, k_max):
+        raise _malformed(f"layer {name!r}: {problem}")
+    if not k_min <= lo <= hi <= k_max:
+        raise _malformed(f"layer {name!r} has codes [{lo}, {hi}] outside its grid [{k_min}, {k_max}]")
+    counts = tuple(reader.varint() for _ in range(hi - lo + 1))
+    header = _LayerHeader(name, shape, bits, np.float32(step), k_min, k_max, lo, counts, reader.take(reader.varint()))
+    _check_code_model(header)
+    return header
+
+
+def _check_weight_budget(headers: Sequence[_LayerHeader], max_weights: int) -> None:
+    total = sum(header.size for header in headers)
+    if total > max_weights:
+        raise BitstreamError(
+            f"The ECQx bitstream declares {total} weights, more than max_weights={max_weights} (a guard against files "
+            f"that would exhaust memory). If you trust the file, pass max_weights={total} or more to "
+            "tf_ecqx.export.decode or load_into."
+        )
+
+
+def _read_headers(data: bytes, max_weights: int) -> list[_LayerHeader]:
+    """The checked headers of every layer of an intact container, without decoding any payload."""
     _check_container(data)
     reader = _Reader(data, PREAMBLE.size, len(data) - CRC.size)
-    layers = [_read_layer(reader) for _ in range(reader.varint())]
+    headers = [_read_header(reader) for _ in range(reader.varint())]
     if reader.pos != reader.end:
         raise _malformed(f"{reader.end - reader.pos} bytes follow the last layer")
-    return layers
+    repeated = sorted(name for name, count in Counter(header.name for header in headers).items() if count > 1)
+    if repeated:
+        raise _malformed(f"layer names {repeated} occur more than once")
+    _check_weight_budget(headers, max_weights)
+    return headers
+
+
+# --- payloads -> codes ---
+
+
+def _ans_decode_into(codes: np.ndarray, header: _LayerHeader, occurring: np.ndarray) -> None:
+    """Fill flat `codes` from the payload, a chunk at a time; a payload constriction refuses is malformed."""
+    padded = header.payload + b"\0" * (-len(header.payload) % 4)
+    model = _categorical(header.counts)
+    try:
+        coder = constriction.stream.stack.AnsCoder(np.frombuffer(padded, "<u4").astype(np.uint32))
+        for start in range(0, codes.size, DECODE_CHUNK):
+            symbols = coder.decode(model, min(DECODE_CHUNK, codes.size - start))
+            codes[start : start + symbols.size] = occurring[symbols]
+        surplus = not coder.is_empty()
+    except CONSTRICTION_ERRORS as error:
+        raise _malformed(f"the payload of layer {header.name!r} cannot be ANS-decoded: {error}") from error
+    if surplus:
+        raise _malformed(f"the payload of layer {header.name!r} holds more data than its {codes.size} codes")
+
+
+def _decompress(header: _LayerHeader) -> np.ndarray:
+    """The codes of a checked header: read-only int8, a single code broadcast rather than repeated in memory."""
+    occurring = np.array([header.lo + i for i, count in enumerate(header.counts) if count], np.int8)
+    if occurring.size <= 1:
+        return np.broadcast_to(occurring[0] if occurring.size else np.int8(0), header.shape)
+    codes = np.empty(header.size, np.int8)
+    _ans_decode_into(codes, header, occurring)
+    codes.flags.writeable = False
+    return codes.reshape(header.shape)
+
+
+def _decoded(header: _LayerHeader) -> DecodedLayer:
+    return DecodedLayer(header.name, header.bits, header.step, header.k_min, header.k_max, _decompress(header))
+
+
+def decode(data: bytes, *, max_weights: int = DEFAULT_MAX_WEIGHTS) -> list[DecodedLayer]:
+    """The layers of an ECQx bitstream, bit-exact; raises BitstreamError for anything but an intact version-1 file.
+
+    Every header is checked before any payload is decoded; `max_weights` caps the weights of all layers together.
+    """
+    return [_decoded(header) for header in _read_headers(data, max_weights)]
 
 
 # --- Keras models ---
@@ -292,14 +436,14 @@ def _plain_kernel(layer: keras.layers.Layer) -> tf.Variable | None:
     return next((v for v in candidates if isinstance(v, tf.Variable)), None)
 
 
-def _shape_problems(layer: DecodedLayer, variable: tf.Variable) -> list[str]:
+def _shape_problems(layer: _LayerHeader, variable: tf.Variable) -> list[str]:
     shape = tuple(variable.shape)
     if layer.shape == shape:
         return []
     return [f"{layer.name}: kernel shape {layer.shape} in the file, {shape} in the model"]
 
 
-def _qat_problems(kernels: dict[str, QuantizedKernel], layers: list[DecodedLayer]) -> list[str]:
+def _qat_problems(kernels: dict[str, QuantizedKernel], layers: list[_LayerHeader]) -> list[str]:
     in_file = {layer.name for layer in layers}
     problems = [f"{name}: quantized in the model, not in the file" for name in kernels if name not in in_file]
     for layer in layers:
@@ -313,7 +457,7 @@ def _qat_problems(kernels: dict[str, QuantizedKernel], layers: list[DecodedLayer
     return problems
 
 
-def _plain_problems(kernels: dict[str, tf.Variable], layers: list[DecodedLayer]) -> list[str]:
+def _plain_problems(kernels: dict[str, tf.Variable], layers: list[_LayerHeader]) -> list[str]:
     problems = []
     for layer in layers:
         if layer.name in kernels:
@@ -369,19 +513,21 @@ def _mismatch_error(path: str | Path, model: keras.Model, problems: list[str]) -
     )
 
 
-def load_into(model: keras.Model, path: str | Path) -> None:
+def load_into(model: keras.Model, path: str | Path, *, max_weights: int = DEFAULT_MAX_WEIGHTS) -> None:
     """Put the kernels of an ECQx bitstream into `model`, a QAT model (quantize_model) or a plain one (e.g. strip).
 
     Plain model: each named layer's kernel (or depthwise_kernel) gets the decoded values. QAT model: the float shadow
     kernel gets the values and the quantizer the file's grid, so `codes()` returns the file's codes exactly (see
-    `_reproducing_size_factor`). Every layer is checked before anything is assigned: on a mismatch nothing changes.
+    `_reproducing_size_factor`). The file's headers are checked (`max_weights` as in `decode`) and compared with the
+    model before any payload is decoded, and every layer before anything is assigned: on any error nothing changes.
     """
-    layers = decode(Path(path).read_bytes())
+    headers = _read_headers(Path(path).read_bytes(), max_weights)
     quantized = {k.layer_name: k for k in quantized_kernels(model)}
     kernels = {layer.name: kernel for layer in model.layers if (kernel := _plain_kernel(layer)) is not None}
-    problems = _qat_problems(quantized, layers) if quantized else _plain_problems(kernels, layers)
+    problems = _qat_problems(quantized, headers) if quantized else _plain_problems(kernels, headers)
     if problems:
         raise _mismatch_error(path, model, problems)
+    layers = [_decoded(header) for header in headers]
     if quantized:
         plan = _qat_assignments(quantized, layers)
     else:

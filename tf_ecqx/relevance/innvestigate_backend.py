@@ -18,11 +18,10 @@ from types import TracebackType
 from typing import Any
 
 import numpy as np
-from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import QuantizeLayer
-from tensorflow_model_optimization.python.core.quantization.keras.quantize_wrapper import QuantizeWrapper
 
 from tf_ecqx._keras import keras
 from tf_ecqx.relevance.composites import COMPOSITES, Composite
+from tf_ecqx.relevance.graph import TFMOT_CLASSES, layer_class
 from tf_ecqx.relevance.lrp import weight_relevances_from_outputs
 
 WORKER = Path(__file__).with_name("_innvestigate_worker.py")
@@ -108,7 +107,7 @@ class InnvestigateBackend:
         if weight_epsilon is None:
             weight_epsilon = COMPOSITES[analyzer].weight_epsilon if analyzer in COMPOSITES else DEFAULT_WEIGHT_EPSILON
         plain = model
-        if any(isinstance(layer, (QuantizeWrapper, QuantizeLayer)) for layer in model.layers):
+        if any(layer_class(layer) in TFMOT_CLASSES for layer in model.layers):
             from tf_ecqx.quantization.strip import strip  # here: quantization may import relevance
 
             plain = strip(model)

@@ -28,7 +28,7 @@ from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer
 
 from tf_ecqx._keras import keras
 from tf_ecqx.relevance.composites import Composite, get_composite
-from tf_ecqx.relevance.graph import Graph, Step, trace
+from tf_ecqx.relevance.graph import Graph, Step, layer_class, trace
 from tf_ecqx.relevance.linear import KERNEL_ATTRS, activation, check_linear, fold_batch_norm, kind, linear
 from tf_ecqx.relevance.rules import Linear, Pass, Rule, safe_divide, stabilize
 
@@ -94,18 +94,18 @@ def _plan(graph: Graph, composite: Composite) -> _Plan:
     rules: dict[int, Rule] = {}
     folded: dict[int, int] = {}
     for index, step in enumerate(graph.steps):
-        layer = step.layer
-        if type(layer) not in SUPPORTED:
-            names = ", ".join(sorted({cls.__name__ for cls in SUPPORTED}))
+        layer, cls = step.layer, layer_class(step.layer)
+        if cls not in SUPPORTED:
+            names = ", ".join(sorted({supported.__name__ for supported in SUPPORTED}))
             raise ValueError(
                 f"Layer {layer.name!r} ({type(layer).__name__}) is not supported by LRP; supported layers: {names}."
             )
-        if type(layer) in KERNEL_ATTRS:
+        if cls in KERNEL_ATTRS:
             check_linear(layer)
             rules[index] = composite.rule(kind(layer), first=not any(i in after_linear for i in step.inputs))
-        if type(layer) in KERNEL_ATTRS or any(i in after_linear for i in step.inputs):
+        if cls in KERNEL_ATTRS or any(i in after_linear for i in step.inputs):
             after_linear.add(step.output)
-        if type(layer) is layers.BatchNormalization and composite.bn == "canonize":
+        if cls is layers.BatchNormalization and composite.bn == "canonize":
             folded[_foldable_into(graph, producer, step)] = index
     return _Plan(graph, rules, folded)
 
@@ -116,7 +116,7 @@ def _foldable_into(graph: Graph, producer: dict[str, int], bn_step: Step) -> int
     before = graph.steps[source].layer if source is not None else None
     if (
         before is None
-        or type(before) not in KERNEL_ATTRS
+        or layer_class(before) not in KERNEL_ATTRS
         or activation(before) not in (tf.identity, keras.activations.linear)
         or graph.readers[bn_step.inputs[0]] != 1
     ):
@@ -130,12 +130,12 @@ def _foldable_into(graph: Graph, producer: dict[str, int], bn_step: Step) -> int
 
 def _call(step: Step, xs: list[tf.Tensor]) -> tf.Tensor:
     """Forward of a step without kernel (activations in float: tfmot's fake quantization is left out)."""
-    layer = step.layer
-    if type(layer) is QuantizeLayer:
+    layer, cls = step.layer, layer_class(step.layer)
+    if cls is QuantizeLayer:
         return xs[0]
-    if type(layer) is layers.Activation:
+    if cls is layers.Activation:
         return activation(layer)(xs[0])
-    return layer(xs if isinstance(layer, MERGE_LAYERS) else xs[0], training=False)
+    return layer(xs if cls in MERGE_LAYERS else xs[0], training=False)
 
 
 def _forward(plan: _Plan, x: tf.Tensor) -> tuple[dict[str, tf.Tensor], dict[int, Linear]]:
@@ -200,9 +200,9 @@ def _backward(
             name = step.layer.name
             r_w = _weight_relevance(ops[index], xs[0], r, weight_epsilon)
             weights[name] = weights[name] + r_w if name in weights else r_w
-        elif isinstance(step.layer, PASS_LAYERS):
+        elif layer_class(step.layer) in PASS_LAYERS:
             r_in = [Pass()(None, xs[0], r)]
-        elif isinstance(step.layer, GRADIENT_LAYERS):
+        elif layer_class(step.layer) in GRADIENT_LAYERS:
             r_in = _gradient(step, xs, r)
         else:
             r_in = _proportional(step, xs, r)

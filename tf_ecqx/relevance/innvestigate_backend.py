@@ -98,8 +98,8 @@ class InnvestigateBackend:
         """Per-weight relevances of every Dense/Conv kernel, with iNNvestigate's `analyzer` as the reverse pass.
 
         iNNvestigate gives the relevance at each kernel layer's output; the ε weight rule of lrp() turns it into one
-        relevance per kernel weight (`weight_relevances_from_outputs`), scaled like lrp(output="output"): divided by
-        the batch size. So for rules both implement, the result equals `lrp(model, x, y, analyzer).weights`, same keys.
+        relevance per kernel weight (`weight_relevances_from_outputs`), averaged over the batch like lrp().weights.
+        So for rules both implement, the result equals `lrp(model, x, y, analyzer).weights`, same keys.
         model: plain tf_keras or tf_ecqx QAT (iNNvestigate gets `tf_ecqx.strip(model)`, the weight rule reads the
         quantized kernels). weight_epsilon: ε of the weight rule, None = that of our composite of the same name.
         neuron_selection and analyzer_kwargs as in `analyze`.
@@ -113,10 +113,7 @@ class InnvestigateBackend:
             plain = strip(model)
         x = np.asarray(x, np.float32)
         _, outputs = self._request(plain, x, analyzer, neuron_selection, analyzer_kwargs, layers=True)
-        batch = max(len(x), 1)
-        return weight_relevances_from_outputs(
-            model, x, {name: r / batch for name, r in outputs.items()}, weight_epsilon
-        )
+        return weight_relevances_from_outputs(model, x, outputs, weight_epsilon)
 
     def _request(
         self,

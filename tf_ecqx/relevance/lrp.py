@@ -72,8 +72,15 @@ SUPPORTED = (*KERNEL_ATTRS, *PASS_LAYERS, *GRADIENT_LAYERS, *PROPORTIONAL_LAYERS
 
 
 class Relevances(NamedTuple):
-    """input: relevance of each input value, shaped like x. weights: layer name -> relevance of each kernel weight
-    (ε rule, summed over the batch and positions), shaped like the kernel; QAT models use the inner layer names."""
+    """What lrp() returns for a batch x.
+
+    input: each sample's heatmap, shaped like x: the relevance of its target output (lrp's `output`) spread over its
+    input values. Per sample: it does not depend on the other samples in the batch.
+    weights: layer name -> relevance of each kernel weight, shaped like the kernel: the ε rule (the composite's
+    weight_epsilon) applied to the relevance arriving at the layer's output, summed over positions and samples and
+    divided by the batch size, i.e. the batch mean (the ECQx reference's scaling, what ECQx training uses). QAT models
+    use the inner layer names.
+    """
 
     input: np.ndarray
     weights: dict[str, np.ndarray]
@@ -213,7 +220,7 @@ def _backward(
 
 
 def _output_relevance(logits: tf.Tensor, targets: tf.Tensor, output: str) -> tf.Tensor:
-    """Relevance at the output: the target class's logit / 1 / softmax (other classes 0), divided by the batch size.
+    """Relevance at the output, per sample: the target class's logit / 1 / softmax (other classes 0).
 
     A target of -1 selects the predicted class.
     """
@@ -223,7 +230,17 @@ def _output_relevance(logits: tf.Tensor, targets: tf.Tensor, output: str) -> tf.
         mask *= logits
     elif output == "probability":
         mask *= tf.nn.softmax(logits)
-    return mask / tf.cast(tf.shape(logits)[0], logits.dtype)
+    return mask
+
+
+def _batch_mean(summed: dict[str, tf.Tensor], x: tf.Tensor) -> dict[str, tf.Tensor]:
+    """Weight relevances summed over the batch x, divided by its size (0 stays 0 for an empty batch).
+
+    The ECQx reference divides the output relevance by the batch size; the reverse pass is linear in that relevance,
+    so dividing the weight relevances afterwards gives the reference's values and leaves the heatmaps per sample.
+    """
+    size = tf.maximum(tf.shape(x)[0], 1)
+    return {name: r / tf.cast(size, r.dtype) for name, r in summed.items()}
 
 
 def _compile(model: keras.Model, composite: Composite, output: str) -> Any:
@@ -235,7 +252,8 @@ def _compile(model: keras.Model, composite: Composite, output: str) -> Any:
     def run(x: tf.Tensor, targets: tf.Tensor) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
         values, ops = _forward(plan, x)
         r_out = _output_relevance(values[graph.output], targets, output)
-        return _backward(plan, values, ops, r_out, composite.weight_epsilon)
+        r_input, r_weights = _backward(plan, values, ops, r_out, composite.weight_epsilon)
+        return r_input, _batch_mean(r_weights, x)
 
     return run
 
@@ -287,11 +305,11 @@ def lrp(
 ) -> Relevances:
     """LRP relevances of inputs and kernel weights of `model` (plain tf_keras or tf_ecqx QAT) for the batch x.
 
-    y: target class per sample (None = predicted class). output: what starts the reverse pass at the target class,
-    "output" (logit), "ones" or "probability" (softmax), divided by the batch size (the ECQx reference). The model must
-    output logits, shape (batch, classes). composite: a name from COMPOSITES or a Composite; bn ("pass" or
-    "canonize") overrides its BatchNormalization handling. Repeated calls reuse one compiled function per
-    (model, composite, output) and read the current weights.
+    y: target class per sample (None = predicted class). output: what starts each sample's reverse pass at its target
+    class, "output" (logit), "ones" or "probability" (softmax). The model must output logits, shape (batch, classes).
+    composite: a name from COMPOSITES or a Composite; bn ("pass" or "canonize") overrides its BatchNormalization
+    handling. Returns per-sample input heatmaps and batch-mean weight relevances (see Relevances). Repeated calls
+    reuse one compiled function per (model, composite, output) and read the current weights.
     """
     composite = get_composite(composite)
     if bn is not None:
@@ -311,26 +329,27 @@ def weight_relevances_from_outputs(
     """Per-weight relevances (lrp()'s ε rule, ECQX_METHOD.md §6) from given relevances at the linear layers' outputs.
 
     The weight half of lrp() for a reverse pass run elsewhere (e.g. iNNvestigate): output_relevances maps each
-    Dense/Conv layer's name (the inner name in a QAT model) to the relevance at its output, shaped like that output for
-    the batch x. Kernels are read as lrp() reads them (a QAT model's quantized kernels); BatchNormalization is not
-    folded, so each kernel is rated with the relevance at its own layer's output. Keys equal lrp(model, x).weights'.
+    Dense/Conv layer's name (the inner name in a QAT model) to the per-sample relevance at its output (as a reverse
+    pass gives it, not divided by the batch size), shaped like that output for the batch x. Kernels are read as lrp()
+    reads them (a QAT model's quantized kernels); BatchNormalization is not folded, so each kernel is rated with the
+    relevance at its own layer's output. Keys and scaling (the batch mean) equal lrp(model, x).weights'.
     """
     graph = trace(model)
     plan = _plan(graph, Composite(dense=Pass(), conv=Pass(), bn="pass", weight_epsilon=epsilon))  # checks the model
-    x = checked_input(model, x)
-    values, ops = _forward(plan, tf.convert_to_tensor(x))
+    x = tf.convert_to_tensor(checked_input(model, x))
+    values, ops = _forward(plan, x)
     names = [graph.steps[index].layer.name for index in plan.rules]
     shared = sorted({name for name in names if names.count(name) > 1})
     missing = sorted(set(names) - set(output_relevances))
     if shared or missing:
         problem = f"layers called more than once: {shared}" if shared else f"no output relevance for {missing}"
         raise ValueError(f"Cannot rate the weights of model {model.name!r}: {problem}.")
-    weights = {}
+    summed = {}
     for index, name in zip(plan.rules, names):
         step = graph.steps[index]
         z = values[step.output]
         r = np.asarray(output_relevances[name], dtype=z.dtype.as_numpy_dtype)
         if r.shape != tuple(z.shape):
             raise ValueError(f"The output relevance of {name!r} has shape {r.shape}; its output has {tuple(z.shape)}.")
-        weights[name] = _weight_relevance(ops[index], values[step.inputs[0]], tf.constant(r), epsilon).numpy()
-    return weights
+        summed[name] = _weight_relevance(ops[index], values[step.inputs[0]], tf.constant(r), epsilon)
+    return {name: r.numpy() for name, r in _batch_mean(summed, x).items()}

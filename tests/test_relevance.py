@@ -144,7 +144,7 @@ def test_default_target_is_the_predicted_class(digits):
     np.testing.assert_array_equal(lrp(model, x).input, lrp(model, x, predicted).input)
 
 
-# what users read: per-sample heatmaps, batch-mean weight relevances ---------------------------------------------------
+# what users read: per-sample heatmaps, batch-mean weight relevances, iNNvestigate's ε ---------------------------------
 
 
 @pytest.mark.parametrize("composite", ["epsilon_plus_flat_bn_pass", "epsilon_plus_flat"])
@@ -163,6 +163,20 @@ def test_heatmaps_are_per_sample_and_weight_relevances_the_batch_mean(fashion_sm
     for name, relevance in batch.weights.items():
         mean = np.mean([relevances.weights[name] for relevances in alone], axis=0)
         np.testing.assert_allclose(relevance, mean, rtol=1e-4, atol=1e-6 * np.abs(mean).max())
+
+
+def test_lrp_epsilon_uses_innvestigates_epsilon_for_the_weights_too():
+    """lrp.epsilon is iNNvestigate's ε = 1e-7 in the input pass and the weight relevances: for z = 1e-6 both keep the
+    share z / (z + ε) = 1 / 1.1 of the relevance (ε = 1e-6 would keep 1 / 2)."""
+    inputs = keras.Input((1,))
+    model = keras.Model(inputs, dense(1, [[1e-6]], name="tiny")(inputs))
+    relevances = lrp(model, np.ones((1, 1), np.float32), y=[0], composite="lrp.epsilon")
+    np.testing.assert_allclose(relevances.input, [[1e-6 / 1.1]], rtol=1e-5)
+    np.testing.assert_allclose(relevances.weights["tiny"], [[1e-6 / 1.1]], rtol=1e-5)
+    for name, composite in COMPOSITES.items():  # every iNNvestigate name: the analyzer's ε, else its default 1e-7
+        if name.startswith("lrp."):
+            analyzer_epsilon = composite.dense.epsilon if isinstance(composite.dense, Epsilon) else 1e-7
+            assert composite.weight_epsilon == analyzer_epsilon, name
 
 
 # our definitions where iNNvestigate differs --------------------------------------------------------------------------

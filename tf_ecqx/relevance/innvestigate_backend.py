@@ -8,7 +8,6 @@ tf_keras models that output logits (for a QAT model, `tf_ecqx.strip(qmodel)`); `
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import pickle
 import subprocess
@@ -20,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from tf_ecqx._keras import keras
-from tf_ecqx.relevance.composites import COMPOSITES, Composite
+from tf_ecqx.relevance.composites import COMPOSITES, INNVESTIGATE_EPSILON
 from tf_ecqx.relevance.graph import TFMOT_CLASSES, layer_class
 from tf_ecqx.relevance.lrp import weight_relevances_from_outputs
 
@@ -31,7 +30,6 @@ ALIASES = {
     "lrp.sequential_composite_a": "lrp.sequential_preset_a",
     "lrp.sequential_composite_b": "lrp.sequential_preset_b",
 }
-DEFAULT_WEIGHT_EPSILON = next(f.default for f in dataclasses.fields(Composite) if f.name == "weight_epsilon")
 
 
 class InnvestigateBackend:
@@ -101,11 +99,13 @@ class InnvestigateBackend:
         relevance per kernel weight (`weight_relevances_from_outputs`), averaged over the batch like lrp().weights.
         So for rules both implement, the result equals `lrp(model, x, y, analyzer).weights`, same keys.
         model: plain tf_keras or tf_ecqx QAT (iNNvestigate gets `tf_ecqx.strip(model)`, the weight rule reads the
-        quantized kernels). weight_epsilon: ε of the weight rule, None = that of our composite of the same name.
+        quantized kernels). weight_epsilon: ε of the weight rule; None = the analyzer's ε, as for the lrp.* composites:
+        an `epsilon` in analyzer_kwargs, else that of our composite of the same name, else iNNvestigate's default 1e-7.
         neuron_selection and analyzer_kwargs as in `analyze`.
         """
         if weight_epsilon is None:
-            weight_epsilon = COMPOSITES[analyzer].weight_epsilon if analyzer in COMPOSITES else DEFAULT_WEIGHT_EPSILON
+            named = COMPOSITES[analyzer].weight_epsilon if analyzer in COMPOSITES else INNVESTIGATE_EPSILON
+            weight_epsilon = analyzer_kwargs.get("epsilon", named)
         plain = model
         if any(layer_class(layer) in TFMOT_CLASSES for layer in model.layers):
             from tf_ecqx.quantization.strip import strip  # here: quantization may import relevance

@@ -28,7 +28,7 @@ class Composite:
     through Flatten/Reshape/Permute only: the same layers unless pooling or padding comes first).
     bn: "pass" hands relevance through BatchNormalization unchanged; "canonize" folds each BatchNormalization into the
     linear layer before it (kernel and bias), so that layer's rule sees BN(z).
-    weight_epsilon: ε of the ε rule that gives the per-weight relevances (ECQX_METHOD.md §6), for every layer.
+    weight_epsilon: ε of the ε rule that gives the per-weight relevances (ECQX_METHOD.md §6).
     Rules must be hashable (frozen dataclasses): compiled functions are cached per composite.
     """
 

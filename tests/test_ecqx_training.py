@@ -103,6 +103,38 @@ def test_saved_ecqx_model_loads_with_its_relevances_and_codes(trained, tmp_path)
         np.testing.assert_array_equal(restored.codes().numpy(), original.codes().numpy())
 
 
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_saved_ecqx_model_is_explained_like_the_original_and_resumes_training(
+    suffix, fashion_small, ecqx_model, tmp_path
+):
+    """Loading gives tf_ecqx's subclasses of tfmot's QAT layers: LRP and RelevanceCallback must handle them."""
+    train, _ = fashion_small
+    seen, unseen = (train.x[:256], train.y[:256]), (train.x[256:512], train.y[256:512])
+    qmodel = ecqx_model(relevance="epsilon_plus_flat")
+    qmodel.fit(*seen, batch_size=64, epochs=1, callbacks=[tf_ecqx.RelevanceCallback(seen)], verbose=0)
+    qmodel.save(tmp_path / f"ecqx{suffix}")
+    with tf_ecqx.quantize_scope():
+        loaded = keras.models.load_model(tmp_path / f"ecqx{suffix}")
+    restored = list(quantized_kernels(loaded))
+    for original, kernel in zip(quantized_kernels(qmodel), restored, strict=True):
+        np.testing.assert_array_equal(kernel.codes().numpy(), original.codes().numpy())
+    batch = (unseen[0][:64], unseen[1][:64])
+    expected, actual = (
+        lrp(qmodel, *batch, composite="epsilon_plus_flat"),
+        lrp(loaded, *batch, composite="epsilon_plus_flat"),
+    )
+    np.testing.assert_allclose(actual.input, expected.input, rtol=1e-6, atol=1e-9)
+    assert actual.weights.keys() == expected.weights.keys()
+    for name, relevance in expected.weights.items():
+        np.testing.assert_allclose(actual.weights[name], relevance, rtol=1e-6, atol=1e-12)
+
+    before = [kernel.state["relevance"].numpy().copy() for kernel in restored]
+    history = loaded.fit(*unseen, batch_size=64, epochs=1, callbacks=[tf_ecqx.RelevanceCallback(unseen)], verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    for relevance, kernel in zip(before, restored, strict=True):
+        assert not np.array_equal(relevance, kernel.state["relevance"].numpy()), kernel.layer_name
+
+
 def test_ecqx_model_exports_to_integer_tflite(trained, fashion_small, tmp_path):
     qmodel, _ = trained
     train, test = fashion_small

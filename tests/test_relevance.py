@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import small_cnn
 from sklearn.datasets import load_digits
 
 import tf_ecqx
@@ -76,13 +77,14 @@ def target_logits(model: keras.Model, x: np.ndarray, y: np.ndarray) -> np.ndarra
 
 
 def test_dense_weight_relevance_by_hand():
-    """One Dense layer, ε rule: R_ij = Σ_n a_ni w_ij R_nj / z_nj with R_n0 = z_n0 / B, so R_i0 = w_i0 Σ_n a_ni / B."""
+    """One Dense layer, ε rule, R_n0 = z_n0: the input relevance is a_ni w_i0 per sample; the weight relevance is the
+    batch mean R_i0 = Σ_n a_ni w_i0 R_n0 / z_n0 / B = w_i0 Σ_n a_ni / B."""
     inputs = keras.Input((2,))
     model = keras.Model(inputs, dense(2, [[1.0, 2.0], [3.0, -1.0]], [0.5, 0.0])(inputs))
     x = np.array([[1.0, 2.0], [2.0, 0.0]], np.float32)
     relevances = lrp(model, x, y=[0, 0], composite="epsilon")
     np.testing.assert_allclose(relevances.weights[model.layers[1].name], [[1.5, 0.0], [3.0, 0.0]], rtol=1e-5)
-    np.testing.assert_allclose(relevances.input, [[0.5, 3.0], [1.0, 0.0]], rtol=1e-5)  # the bias keeps 0.5
+    np.testing.assert_allclose(relevances.input, [[1.0, 6.0], [2.0, 0.0]], rtol=1e-5)  # the bias keeps 0.5
 
 
 def test_weight_relevance_uses_the_relevance_arriving_from_above():
@@ -109,20 +111,22 @@ def test_weight_relevance_uses_the_relevance_arriving_from_above():
 
 @pytest.mark.parametrize("relu", ["inside", "relu_layer"])
 def test_epsilon_conserves_relevance_without_biases(digits, relu):
-    """ε → 0, no biases: every layer (also max/avg pooling and Add) hands on all relevance, so Σ R_in = Σ R_out."""
+    """ε → 0, no biases: every layer (also max/avg pooling and Add) hands on all relevance, so each sample's heatmap
+    sums to its target logit, and the weights of a layer on every path share the batch mean of the logits."""
     model = cnn(use_bias=False, relu=relu)
     x, y = digits
     relevances = lrp(model, x, y, composite=TINY_EPSILON)
-    total = target_logits(model, x, y).sum() / len(x)
-    assert relevances.input.sum() == pytest.approx(total, rel=1e-4)
-    for name, r_w in relevances.weights.items():  # the weights of a layer on every path share all relevance too
+    logits = target_logits(model, x, y)
+    np.testing.assert_allclose(relevances.input.sum(axis=(1, 2, 3)), logits, rtol=1e-4, atol=1e-6)
+    total = logits.mean()
+    for name, r_w in relevances.weights.items():
         if name != "branch":
             assert r_w.sum() == pytest.approx(total, rel=1e-4), name
 
 
 @pytest.mark.parametrize("output", ["ones", "probability"])
 def test_output_modes(digits, output):
-    """Output relevance of the target class (1 or its softmax), divided by the batch size, is conserved to the input."""
+    """Each sample's output relevance at its target class (1 or its softmax) is conserved to its input."""
     keras.utils.set_random_seed(0)  # an unlucky init can leave a sample with no active path to its target
     model = cnn(use_bias=False)
     x, y = digits
@@ -130,7 +134,7 @@ def test_output_modes(digits, output):
     logits = model(x).numpy()
     probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     start = np.ones(len(y)) if output == "ones" else probabilities[np.arange(len(y)), y]
-    assert relevances.input.sum() == pytest.approx(start.sum() / len(x), rel=1e-4)
+    np.testing.assert_allclose(relevances.input.sum(axis=(1, 2, 3)), start, rtol=1e-4)
 
 
 def test_default_target_is_the_predicted_class(digits):
@@ -138,6 +142,41 @@ def test_default_target_is_the_predicted_class(digits):
     x = digits[0]
     predicted = model(x).numpy().argmax(axis=1)
     np.testing.assert_array_equal(lrp(model, x).input, lrp(model, x, predicted).input)
+
+
+# what users read: per-sample heatmaps, batch-mean weight relevances, iNNvestigate's ε ---------------------------------
+
+
+@pytest.mark.parametrize("composite", ["epsilon_plus_flat_bn_pass", "epsilon_plus_flat"])
+def test_heatmaps_are_per_sample_and_weight_relevances_the_batch_mean(fashion_small, composite):
+    """A sample's heatmap is the same alone or in a batch of 64; the batch's weight relevances (what ECQx training
+    uses) are the mean of its samples'."""
+    _, test = fashion_small
+    keras.utils.set_random_seed(0)
+    model = with_random_statistics(small_cnn(batch_norm=True, residual=True))
+    x, y = test.x[:64], test.y[:64]
+    batch = lrp(model, x, y, composite=composite)
+    alone = [lrp(model, x[i : i + 1], y[i : i + 1], composite=composite) for i in range(len(x))]
+    heatmaps = np.concatenate([relevances.input for relevances in alone])
+    assert np.abs(heatmaps).max() > 0
+    np.testing.assert_allclose(batch.input, heatmaps, rtol=1e-5, atol=1e-6 * np.abs(heatmaps).max())
+    for name, relevance in batch.weights.items():
+        mean = np.mean([relevances.weights[name] for relevances in alone], axis=0)
+        np.testing.assert_allclose(relevance, mean, rtol=1e-4, atol=1e-6 * np.abs(mean).max())
+
+
+def test_lrp_epsilon_uses_innvestigates_epsilon_for_the_weights_too():
+    """lrp.epsilon is iNNvestigate's ε = 1e-7 in the input pass and the weight relevances: for z = 1e-6 both keep the
+    share z / (z + ε) = 1 / 1.1 of the relevance (ε = 1e-6 would keep 1 / 2)."""
+    inputs = keras.Input((1,))
+    model = keras.Model(inputs, dense(1, [[1e-6]], name="tiny")(inputs))
+    relevances = lrp(model, np.ones((1, 1), np.float32), y=[0], composite="lrp.epsilon")
+    np.testing.assert_allclose(relevances.input, [[1e-6 / 1.1]], rtol=1e-5)
+    np.testing.assert_allclose(relevances.weights["tiny"], [[1e-6 / 1.1]], rtol=1e-5)
+    for name, composite in COMPOSITES.items():  # every iNNvestigate name: the analyzer's ε, else its default 1e-7
+        if name.startswith("lrp."):
+            analyzer_epsilon = composite.dense.epsilon if isinstance(composite.dense, Epsilon) else 1e-7
+            assert composite.weight_epsilon == analyzer_epsilon, name
 
 
 # our definitions where iNNvestigate differs --------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from test_relevance_parity import TOLERANCE, cnn_max_pooling, max_relative_diffe
 
 import tf_ecqx
 from tf_ecqx._keras import keras
-from tf_ecqx.relevance import lrp
+from tf_ecqx.relevance import Composite, Epsilon, lrp
 from tf_ecqx.relevance.lrp import weight_relevances_from_outputs
 
 backend = parity.backend  # the module-scoped fixture: one worker for this module
@@ -62,6 +62,15 @@ def test_predicted_class_and_input_relevance_still_work(backend, digits):
     x, _ = shaped(model, digits)
     assert_same_weights(backend.weight_relevances(model, x), lrp(model, x, composite="lrp.epsilon").weights)
     assert backend.analyze(model, x).shape == x.shape
+
+
+def test_analyzer_epsilon_also_rates_the_weights(backend, digits):
+    """An ε passed to the iNNvestigate analyzer is the ε of the weight rule too, as in the lrp.* composites."""
+    model = randomized(mlp())
+    x, y = shaped(model, digits)
+    theirs = backend.weight_relevances(model, x, "lrp.epsilon", neuron_selection=y, epsilon=0.5)
+    composite = Composite(dense=Epsilon(0.5), conv=Epsilon(0.5), weight_epsilon=0.5)
+    assert_same_weights(theirs, lrp(model, x, y, composite=composite).weights)
 
 
 def test_weight_relevances_from_outputs_refuses_missing_or_misshaped_relevances(digits):

@@ -1,8 +1,8 @@
 """Native LRP (tf_ecqx.relevance.lrp) against the real iNNvestigate 2.1.2, run in its worker process (no mocks).
 
-Both start from the logit of the same target class per sample; iNNvestigate does not divide by the batch size, so our
-output="output" relevances are multiplied by it. Inputs are real digits (sklearn's bundled 8x8 images); weights are
-Keras' random initialisation with random biases and BatchNorm statistics, so bias handling is exercised.
+Both start from the logit of the same target class per sample, and both give per-sample heatmaps. Inputs are real
+digits (sklearn's bundled 8x8 images); weights are Keras' random initialisation with random biases and BatchNorm
+statistics, so bias handling is exercised.
 
 Where the definitions differ, the comparison is against an equivalent model instead:
 - BatchNormalization: iNNvestigate applies the layer rule to BN as a layer of its own (with 1/sqrt(var² + eps)); we
@@ -167,7 +167,7 @@ def test_input_relevance_matches_innvestigate(backend, digits, architecture, rul
     model = randomized(ARCHITECTURES[architecture]())
     x, y = digits
     x = x.reshape((BATCH, *model.inputs[0].shape[1:]))
-    ours = lrp(model, x, y, composite=rule, output="output").input * BATCH
+    ours = lrp(model, x, y, composite=rule, output="output").input
     reference = folded(model) if architecture == "cnn_batch_norm" and COMPOSITES[rule].bn == "canonize" else model
     theirs = backend.analyze(reference, x, rule, neuron_selection=y)
     assert ours.shape == theirs.shape == x.shape
@@ -192,7 +192,7 @@ def test_qat_model_matches_innvestigate_on_the_stripped_model(backend, digits):
     x, y = digits
     x = x.reshape(-1, 8, 8, 1)
     for rule in ("lrp.epsilon", "lrp.sequential_preset_b_flat"):
-        ours = lrp(qmodel, x, y, composite=rule).input * BATCH
+        ours = lrp(qmodel, x, y, composite=rule).input
         theirs = backend.analyze(tf_ecqx.strip(qmodel), x, rule, neuron_selection=y)
         assert max_relative_difference(ours, theirs) <= TOLERANCE
 
@@ -201,7 +201,7 @@ def test_predicted_class_matches_innvestigate_max_activation(backend, digits):
     """y=None (our predicted class) is iNNvestigate's max_activation neuron selection."""
     model = randomized(cnn_max_pooling())
     x = digits[0].reshape(-1, 8, 8, 1)
-    ours = lrp(model, x, composite="lrp.epsilon").input * BATCH
+    ours = lrp(model, x, composite="lrp.epsilon").input
     theirs = backend.analyze(model, x, "lrp.epsilon")
     assert max_relative_difference(ours, theirs) <= TOLERANCE
 

@@ -63,8 +63,9 @@ def _class_indices(y: tf.Tensor) -> tf.Tensor:
 class RelevanceCallback(keras.callbacks.Callback):
     """Refreshes ECQx weight relevances from LRP on the next batch of `data`, every `every_n_steps` training steps.
 
-    The relevances come from the current quantized model with the source named in `quantize_model(relevance=...)`,
-    and are mixed as R <- (1 - momentum) R_batch + momentum R_prev. output: "output" (logit of the true class, the
+    The relevances come from the current quantized model with the source named in `quantize_model(relevance=...)`:
+    R_batch is lrp().weights, the per-weight relevances averaged over the batch (the reference's scaling). They are
+    mixed as R <- (1 - momentum) R_batch + momentum R_prev. output: "output" (logit of the true class, the
     reference), "ones" or "probability". Use training data (x, y) with labels; batch_size applies to arrays only.
     """
 

@@ -1,16 +1,22 @@
 """Composites: which LRP rule each linear layer gets, and how BatchNormalization is treated. Made by name.
 
-Our names follow the ECQx reference (zennit composites); the `lrp.*` names are iNNvestigate's analyzers with the same
-rules and parameters, so that iNNvestigate users feel at home.
+Our names follow the ECQx reference (zennit composites, ε = 1e-6 for the ε rule and the weight relevances). The `lrp.*`
+names are iNNvestigate 2.1.2's analyzers with the same rules and parameters. iNNvestigate rates no weights; the weight
+relevances of an `lrp.*` composite use the analyzer's own ε parameter: 1e-7 for `lrp.epsilon` (its rule's ε, so the
+weights absorb the same share of relevance as the input pass) and 0.1 for the sequential presets (the ε of their Dense
+rule; their conv layers use αβ, which has no ε). Analyzers without an ε parameter (z⁺, αβ, flat, w²) get
+iNNvestigate's default ε, 1e-7. Where our BatchNormalization handling differs from iNNvestigate's, see COMPOSITES.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tf_ecqx.relevance.rules import AlphaBeta, Epsilon, Flat, Rule, WSquare, ZPlus
 
 BN_MODES = ("pass", "canonize")
+INNVESTIGATE_EPSILON = 1e-7  # iNNvestigate's default ε (LRPEpsilon, EpsilonRule)
+PRESET_EPSILON = 0.1  # the ε of iNNvestigate's LRPSequentialPreset* analyzers
 
 
 @dataclass(frozen=True)
@@ -45,37 +51,43 @@ class Composite:
         return self.dense if kind == "dense" else self.conv
 
 
-def _uniform(rule: Rule, bn: str = "canonize") -> Composite:
-    return Composite(dense=rule, conv=rule, bn=bn)
+def _innvestigate(rule: Rule, bn: str = "canonize") -> Composite:
+    """An iNNvestigate analyzer with one rule for all layers; the weights are rated with iNNvestigate's ε, 1e-7."""
+    return Composite(dense=rule, conv=rule, bn=bn, weight_epsilon=INNVESTIGATE_EPSILON)
 
 
-_PRESET_A = Composite(dense=Epsilon(0.1), conv=AlphaBeta(1.0, 0.0))
-_PRESET_B = Composite(dense=Epsilon(0.1), conv=AlphaBeta(2.0, 1.0))
+def _preset(conv: Rule) -> Composite:
+    """iNNvestigate's sequential presets: ε = 0.1 for Dense layers and for the weight relevances."""
+    return Composite(dense=Epsilon(PRESET_EPSILON), conv=conv, weight_epsilon=PRESET_EPSILON)
+
+
+_PRESET_A = _preset(AlphaBeta(1.0, 0.0))
+_PRESET_B = _preset(AlphaBeta(2.0, 1.0))
 
 COMPOSITES: dict[str, Composite] = {
     # ECQx reference names (ε of zennit: 1e-6; BatchNorm canonized unless the name says bn_pass)
-    "epsilon": _uniform(Epsilon()),
+    "epsilon": Composite(dense=Epsilon(), conv=Epsilon()),
     "epsilon_plus": Composite(dense=Epsilon(), conv=ZPlus()),
     "epsilon_plus_flat": Composite(dense=Epsilon(), conv=ZPlus(), first=Flat()),
     "epsilon_plus_flat_bn_pass": Composite(dense=Epsilon(), conv=ZPlus(), first=Flat(), bn="pass"),
     "alpha2_beta1": Composite(dense=Epsilon(), conv=AlphaBeta(2.0, 1.0)),
     "alpha2_beta1_flat": Composite(dense=Epsilon(), conv=AlphaBeta(2.0, 1.0), first=Flat()),
     "alpha2_beta1_flat_bn_pass": Composite(dense=Epsilon(), conv=AlphaBeta(2.0, 1.0), first=Flat(), bn="pass"),
-    # iNNvestigate analyzer names and parameters (its ε default is 1e-7; its presets use ε = 0.1 for Dense). BatchNorm:
-    # iNNvestigate applies the rule to BN as a layer of its own; we canonize, except for flat and w², where its BN
-    # mapping is the identity, i.e. pass.
-    "lrp.epsilon": _uniform(Epsilon(1e-7)),
-    "lrp.z_plus": _uniform(ZPlus()),
-    "lrp.alpha_1_beta_0": _uniform(AlphaBeta(1.0, 0.0)),
-    "lrp.alpha_2_beta_1": _uniform(AlphaBeta(2.0, 1.0)),
-    "lrp.flat": _uniform(Flat(), bn="pass"),
-    "lrp.w_square": _uniform(WSquare(), bn="pass"),
+    # iNNvestigate analyzer names and parameters, ε of the weight relevances included (see the module docstring).
+    # BatchNorm: iNNvestigate applies the rule to BN as a layer of its own; we canonize, except for flat and w², where
+    # its BN mapping is the identity, i.e. pass.
+    "lrp.epsilon": _innvestigate(Epsilon(INNVESTIGATE_EPSILON)),
+    "lrp.z_plus": _innvestigate(ZPlus()),
+    "lrp.alpha_1_beta_0": _innvestigate(AlphaBeta(1.0, 0.0)),
+    "lrp.alpha_2_beta_1": _innvestigate(AlphaBeta(2.0, 1.0)),
+    "lrp.flat": _innvestigate(Flat(), bn="pass"),
+    "lrp.w_square": _innvestigate(WSquare(), bn="pass"),
     "lrp.sequential_preset_a": _PRESET_A,
     "lrp.sequential_preset_b": _PRESET_B,
     "lrp.sequential_composite_a": _PRESET_A,
     "lrp.sequential_composite_b": _PRESET_B,
-    "lrp.sequential_preset_a_flat": Composite(dense=Epsilon(0.1), conv=AlphaBeta(1.0, 0.0), first=Flat()),
-    "lrp.sequential_preset_b_flat": Composite(dense=Epsilon(0.1), conv=AlphaBeta(2.0, 1.0), first=Flat()),
+    "lrp.sequential_preset_a_flat": replace(_PRESET_A, first=Flat()),
+    "lrp.sequential_preset_b_flat": replace(_PRESET_B, first=Flat()),
 }
 
 

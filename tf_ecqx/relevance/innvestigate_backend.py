@@ -8,7 +8,6 @@ tf_keras models that output logits (for a QAT model, `tf_ecqx.strip(qmodel)`); `
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import pickle
 import subprocess
@@ -18,11 +17,10 @@ from types import TracebackType
 from typing import Any
 
 import numpy as np
-from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import QuantizeLayer
-from tensorflow_model_optimization.python.core.quantization.keras.quantize_wrapper import QuantizeWrapper
 
 from tf_ecqx._keras import keras
-from tf_ecqx.relevance.composites import COMPOSITES, Composite
+from tf_ecqx.relevance.composites import COMPOSITES, INNVESTIGATE_EPSILON
+from tf_ecqx.relevance.graph import TFMOT_CLASSES, layer_class
 from tf_ecqx.relevance.lrp import weight_relevances_from_outputs
 
 WORKER = Path(__file__).with_name("_innvestigate_worker.py")
@@ -32,7 +30,6 @@ ALIASES = {
     "lrp.sequential_composite_a": "lrp.sequential_preset_a",
     "lrp.sequential_composite_b": "lrp.sequential_preset_b",
 }
-DEFAULT_WEIGHT_EPSILON = next(f.default for f in dataclasses.fields(Composite) if f.name == "weight_epsilon")
 
 
 class InnvestigateBackend:
@@ -99,25 +96,24 @@ class InnvestigateBackend:
         """Per-weight relevances of every Dense/Conv kernel, with iNNvestigate's `analyzer` as the reverse pass.
 
         iNNvestigate gives the relevance at each kernel layer's output; the ε weight rule of lrp() turns it into one
-        relevance per kernel weight (`weight_relevances_from_outputs`), scaled like lrp(output="output"): divided by
-        the batch size. So for rules both implement, the result equals `lrp(model, x, y, analyzer).weights`, same keys.
+        relevance per kernel weight (`weight_relevances_from_outputs`), averaged over the batch like lrp().weights.
+        So for rules both implement, the result equals `lrp(model, x, y, analyzer).weights`, same keys.
         model: plain tf_keras or tf_ecqx QAT (iNNvestigate gets `tf_ecqx.strip(model)`, the weight rule reads the
-        quantized kernels). weight_epsilon: ε of the weight rule, None = that of our composite of the same name.
+        quantized kernels). weight_epsilon: ε of the weight rule; None = the analyzer's ε, as for the lrp.* composites:
+        an `epsilon` in analyzer_kwargs, else that of our composite of the same name, else iNNvestigate's default 1e-7.
         neuron_selection and analyzer_kwargs as in `analyze`.
         """
         if weight_epsilon is None:
-            weight_epsilon = COMPOSITES[analyzer].weight_epsilon if analyzer in COMPOSITES else DEFAULT_WEIGHT_EPSILON
+            named = COMPOSITES[analyzer].weight_epsilon if analyzer in COMPOSITES else INNVESTIGATE_EPSILON
+            weight_epsilon = analyzer_kwargs.get("epsilon", named)
         plain = model
-        if any(isinstance(layer, (QuantizeWrapper, QuantizeLayer)) for layer in model.layers):
+        if any(layer_class(layer) in TFMOT_CLASSES for layer in model.layers):
             from tf_ecqx.quantization.strip import strip  # here: quantization may import relevance
 
             plain = strip(model)
         x = np.asarray(x, np.float32)
         _, outputs = self._request(plain, x, analyzer, neuron_selection, analyzer_kwargs, layers=True)
-        batch = max(len(x), 1)
-        return weight_relevances_from_outputs(
-            model, x, {name: r / batch for name, r in outputs.items()}, weight_epsilon
-        )
+        return weight_relevances_from_outputs(model, x, outputs, weight_epsilon)
 
     def _request(
         self,

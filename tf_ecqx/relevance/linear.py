@@ -16,7 +16,7 @@ from tensorflow_model_optimization.python.core.quantization.keras.quantize_aware
 )
 
 from tf_ecqx._keras import keras
-from tf_ecqx.relevance.graph import Step
+from tf_ecqx.relevance.graph import Step, layer_class
 from tf_ecqx.relevance.rules import Linear
 
 KERNEL_ATTRS = {
@@ -29,7 +29,7 @@ KERNEL_ATTRS = {
 
 def kind(layer: keras.layers.Layer) -> str:
     """The layer kind a Composite picks the rule by: "dense" or "conv"."""
-    return "dense" if type(layer) is keras.layers.Dense else "conv"
+    return "dense" if layer_class(layer) is keras.layers.Dense else "conv"
 
 
 def check_linear(layer: keras.layers.Layer) -> None:
@@ -60,9 +60,9 @@ def activation(layer: keras.layers.Layer) -> Callable[[tf.Tensor], tf.Tensor]:
 
 
 def _conv(layer: keras.layers.Layer) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
-    if type(layer) is keras.layers.Dense:
+    if layer_class(layer) is keras.layers.Dense:
         return lambda x, k: tf.tensordot(x, k, [[x.shape.rank - 1], [0]]) if x.shape.rank > 2 else tf.matmul(x, k)
-    if type(layer) is keras.layers.DepthwiseConv2D:
+    if layer_class(layer) is keras.layers.DepthwiseConv2D:
         return lambda x, k: keras.backend.depthwise_conv2d(
             x,
             k,
@@ -80,7 +80,7 @@ def linear(step: Step) -> Linear:
     """z = conv(x, kernel) + bias of a linear step (channels last, so the bias broadcasts)."""
     layer = step.layer
     bias = weight(step, "bias") if layer.use_bias else None
-    return Linear(_conv(layer), weight(step, KERNEL_ATTRS[type(layer)]), bias)
+    return Linear(_conv(layer), weight(step, KERNEL_ATTRS[layer_class(layer)]), bias)
 
 
 def fold_batch_norm(op: Linear, linear_step: Step, bn_step: Step, rank: int) -> Linear:
@@ -99,7 +99,8 @@ def fold_batch_norm(op: Linear, linear_step: Step, bn_step: Step, rank: int) -> 
     shift = -weight(bn_step, "moving_mean") * scale
     if bn.center:
         shift += weight(bn_step, "beta")
+    depthwise = layer_class(layer) is keras.layers.DepthwiseConv2D
     # a depthwise kernel (h, w, in, multiplier) has output channel in * multiplier + m
-    kernel_scale = tf.reshape(scale, op.kernel.shape[-2:]) if type(layer) is keras.layers.DepthwiseConv2D else scale
+    kernel_scale = tf.reshape(scale, op.kernel.shape[-2:]) if depthwise else scale
     bias = shift if op.bias is None else op.bias * scale + shift
     return Linear(op.conv, op.kernel * kernel_scale, bias)

@@ -28,7 +28,7 @@ from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer
 
 from tf_ecqx._keras import keras
 from tf_ecqx.relevance.composites import Composite, get_composite
-from tf_ecqx.relevance.graph import Graph, Step, trace
+from tf_ecqx.relevance.graph import Graph, Step, layer_class, trace
 from tf_ecqx.relevance.linear import KERNEL_ATTRS, activation, check_linear, fold_batch_norm, kind, linear
 from tf_ecqx.relevance.rules import Linear, Pass, Rule, safe_divide, stabilize
 
@@ -72,8 +72,15 @@ SUPPORTED = (*KERNEL_ATTRS, *PASS_LAYERS, *GRADIENT_LAYERS, *PROPORTIONAL_LAYERS
 
 
 class Relevances(NamedTuple):
-    """input: relevance of each input value, shaped like x. weights: layer name -> relevance of each kernel weight
-    (ε rule, summed over the batch and positions), shaped like the kernel; QAT models use the inner layer names."""
+    """What lrp() returns for a batch x.
+
+    input: each sample's heatmap, shaped like x: the relevance of its target output (lrp's `output`) spread over its
+    input values. Per sample: it does not depend on the other samples in the batch.
+    weights: layer name -> relevance of each kernel weight, shaped like the kernel: the ε rule (the composite's
+    weight_epsilon) applied to the relevance arriving at the layer's output, summed over positions and samples and
+    divided by the batch size, i.e. the batch mean (the ECQx reference's scaling, what ECQx training uses). QAT models
+    use the inner layer names.
+    """
 
     input: np.ndarray
     weights: dict[str, np.ndarray]
@@ -94,18 +101,18 @@ def _plan(graph: Graph, composite: Composite) -> _Plan:
     rules: dict[int, Rule] = {}
     folded: dict[int, int] = {}
     for index, step in enumerate(graph.steps):
-        layer = step.layer
-        if type(layer) not in SUPPORTED:
-            names = ", ".join(sorted({cls.__name__ for cls in SUPPORTED}))
+        layer, cls = step.layer, layer_class(step.layer)
+        if cls not in SUPPORTED:
+            names = ", ".join(sorted({supported.__name__ for supported in SUPPORTED}))
             raise ValueError(
                 f"Layer {layer.name!r} ({type(layer).__name__}) is not supported by LRP; supported layers: {names}."
             )
-        if type(layer) in KERNEL_ATTRS:
+        if cls in KERNEL_ATTRS:
             check_linear(layer)
             rules[index] = composite.rule(kind(layer), first=not any(i in after_linear for i in step.inputs))
-        if type(layer) in KERNEL_ATTRS or any(i in after_linear for i in step.inputs):
+        if cls in KERNEL_ATTRS or any(i in after_linear for i in step.inputs):
             after_linear.add(step.output)
-        if type(layer) is layers.BatchNormalization and composite.bn == "canonize":
+        if cls is layers.BatchNormalization and composite.bn == "canonize":
             folded[_foldable_into(graph, producer, step)] = index
     return _Plan(graph, rules, folded)
 
@@ -116,7 +123,7 @@ def _foldable_into(graph: Graph, producer: dict[str, int], bn_step: Step) -> int
     before = graph.steps[source].layer if source is not None else None
     if (
         before is None
-        or type(before) not in KERNEL_ATTRS
+        or layer_class(before) not in KERNEL_ATTRS
         or activation(before) not in (tf.identity, keras.activations.linear)
         or graph.readers[bn_step.inputs[0]] != 1
     ):
@@ -130,12 +137,12 @@ def _foldable_into(graph: Graph, producer: dict[str, int], bn_step: Step) -> int
 
 def _call(step: Step, xs: list[tf.Tensor]) -> tf.Tensor:
     """Forward of a step without kernel (activations in float: tfmot's fake quantization is left out)."""
-    layer = step.layer
-    if type(layer) is QuantizeLayer:
+    layer, cls = step.layer, layer_class(step.layer)
+    if cls is QuantizeLayer:
         return xs[0]
-    if type(layer) is layers.Activation:
+    if cls is layers.Activation:
         return activation(layer)(xs[0])
-    return layer(xs if isinstance(layer, MERGE_LAYERS) else xs[0], training=False)
+    return layer(xs if cls in MERGE_LAYERS else xs[0], training=False)
 
 
 def _forward(plan: _Plan, x: tf.Tensor) -> tuple[dict[str, tf.Tensor], dict[int, Linear]]:
@@ -200,9 +207,9 @@ def _backward(
             name = step.layer.name
             r_w = _weight_relevance(ops[index], xs[0], r, weight_epsilon)
             weights[name] = weights[name] + r_w if name in weights else r_w
-        elif isinstance(step.layer, PASS_LAYERS):
+        elif layer_class(step.layer) in PASS_LAYERS:
             r_in = [Pass()(None, xs[0], r)]
-        elif isinstance(step.layer, GRADIENT_LAYERS):
+        elif layer_class(step.layer) in GRADIENT_LAYERS:
             r_in = _gradient(step, xs, r)
         else:
             r_in = _proportional(step, xs, r)
@@ -213,7 +220,7 @@ def _backward(
 
 
 def _output_relevance(logits: tf.Tensor, targets: tf.Tensor, output: str) -> tf.Tensor:
-    """Relevance at the output: the target class's logit / 1 / softmax (other classes 0), divided by the batch size.
+    """Relevance at the output, per sample: the target class's logit / 1 / softmax (other classes 0).
 
     A target of -1 selects the predicted class.
     """
@@ -223,7 +230,17 @@ def _output_relevance(logits: tf.Tensor, targets: tf.Tensor, output: str) -> tf.
         mask *= logits
     elif output == "probability":
         mask *= tf.nn.softmax(logits)
-    return mask / tf.cast(tf.shape(logits)[0], logits.dtype)
+    return mask
+
+
+def _batch_mean(summed: dict[str, tf.Tensor], x: tf.Tensor) -> dict[str, tf.Tensor]:
+    """Weight relevances summed over the batch x, divided by its size (0 stays 0 for an empty batch).
+
+    The ECQx reference divides the output relevance by the batch size; the reverse pass is linear in that relevance,
+    so dividing the weight relevances afterwards gives the reference's values and leaves the heatmaps per sample.
+    """
+    size = tf.maximum(tf.shape(x)[0], 1)
+    return {name: r / tf.cast(size, r.dtype) for name, r in summed.items()}
 
 
 def _compile(model: keras.Model, composite: Composite, output: str) -> Any:
@@ -235,7 +252,8 @@ def _compile(model: keras.Model, composite: Composite, output: str) -> Any:
     def run(x: tf.Tensor, targets: tf.Tensor) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
         values, ops = _forward(plan, x)
         r_out = _output_relevance(values[graph.output], targets, output)
-        return _backward(plan, values, ops, r_out, composite.weight_epsilon)
+        r_input, r_weights = _backward(plan, values, ops, r_out, composite.weight_epsilon)
+        return r_input, _batch_mean(r_weights, x)
 
     return run
 
@@ -287,11 +305,11 @@ def lrp(
 ) -> Relevances:
     """LRP relevances of inputs and kernel weights of `model` (plain tf_keras or tf_ecqx QAT) for the batch x.
 
-    y: target class per sample (None = predicted class). output: what starts the reverse pass at the target class,
-    "output" (logit), "ones" or "probability" (softmax), divided by the batch size (the ECQx reference). The model must
-    output logits, shape (batch, classes). composite: a name from COMPOSITES or a Composite; bn ("pass" or
-    "canonize") overrides its BatchNormalization handling. Repeated calls reuse one compiled function per
-    (model, composite, output) and read the current weights.
+    y: target class per sample (None = predicted class). output: what starts each sample's reverse pass at its target
+    class, "output" (logit), "ones" or "probability" (softmax). The model must output logits, shape (batch, classes).
+    composite: a name from COMPOSITES or a Composite; bn ("pass" or "canonize") overrides its BatchNormalization
+    handling. Returns per-sample input heatmaps and batch-mean weight relevances (see Relevances). Repeated calls
+    reuse one compiled function per (model, composite, output) and read the current weights.
     """
     composite = get_composite(composite)
     if bn is not None:
@@ -311,26 +329,27 @@ def weight_relevances_from_outputs(
     """Per-weight relevances (lrp()'s ε rule, docs/method.md §6) from given relevances at the linear layers' outputs.
 
     The weight half of lrp() for a reverse pass run elsewhere (e.g. iNNvestigate): output_relevances maps each
-    Dense/Conv layer's name (the inner name in a QAT model) to the relevance at its output, shaped like that output for
-    the batch x. Kernels are read as lrp() reads them (a QAT model's quantized kernels); BatchNormalization is not
-    folded, so each kernel is rated with the relevance at its own layer's output. Keys equal lrp(model, x).weights'.
+    Dense/Conv layer's name (the inner name in a QAT model) to the per-sample relevance at its output (as a reverse
+    pass gives it, not divided by the batch size), shaped like that output for the batch x. Kernels are read as lrp()
+    reads them (a QAT model's quantized kernels); BatchNormalization is not folded, so each kernel is rated with the
+    relevance at its own layer's output. Keys and scaling (the batch mean) equal lrp(model, x).weights'.
     """
     graph = trace(model)
     plan = _plan(graph, Composite(dense=Pass(), conv=Pass(), bn="pass", weight_epsilon=epsilon))  # checks the model
-    x = checked_input(model, x)
-    values, ops = _forward(plan, tf.convert_to_tensor(x))
+    x = tf.convert_to_tensor(checked_input(model, x))
+    values, ops = _forward(plan, x)
     names = [graph.steps[index].layer.name for index in plan.rules]
     shared = sorted({name for name in names if names.count(name) > 1})
     missing = sorted(set(names) - set(output_relevances))
     if shared or missing:
         problem = f"layers called more than once: {shared}" if shared else f"no output relevance for {missing}"
         raise ValueError(f"Cannot rate the weights of model {model.name!r}: {problem}.")
-    weights = {}
+    summed = {}
     for index, name in zip(plan.rules, names):
         step = graph.steps[index]
         z = values[step.output]
         r = np.asarray(output_relevances[name], dtype=z.dtype.as_numpy_dtype)
         if r.shape != tuple(z.shape):
             raise ValueError(f"The output relevance of {name!r} has shape {r.shape}; its output has {tuple(z.shape)}.")
-        weights[name] = _weight_relevance(ops[index], values[step.inputs[0]], tf.constant(r), epsilon).numpy()
-    return weights
+        summed[name] = _weight_relevance(ops[index], values[step.inputs[0]], tf.constant(r), epsilon)
+    return {name: r.numpy() for name, r in _batch_mean(summed, x).items()}

@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test test-fast lint bench clean
 
 setup:
 	@bash tools/setup.sh
@@ -13,6 +13,9 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m fast
 
 lint: setup
 	$(VENV)/bin/ruff check tf_ecqx tests tools

@@ -12,6 +12,23 @@ import pytest
 from tf_ecqx import datasets
 from tf_ecqx._keras import keras
 
+# The fast tier (`make test-fast`, `pytest -m fast`): the numeric core, the quantization API, file writing and the
+# bad-input matrix. `make test` runs everything, these included.
+FAST_MODULES = {
+    "test_ecq_grid",
+    "test_ecq_assign",
+    "test_ecqx_assign",
+    "test_quantization",
+    "test_bad_input",
+    "test_files",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.module.__name__ in FAST_MODULES:
+            item.add_marker(pytest.mark.fast)
+
 
 @pytest.fixture(scope="session")
 def fashion() -> tuple[datasets.Split, datasets.Split]:

@@ -21,6 +21,7 @@ from tflite_micro import compression
 
 from tf_ecqx._keras import keras
 from tf_ecqx.export import flatbuffer
+from tf_ecqx.export.inputs import calibration_and_verification, sample_shape
 from tf_ecqx.export.runtimes import run_litert, run_tflm
 from tf_ecqx.files import atomic_write, check_writable
 from tf_ecqx.quantization.api import QuantizedKernel, frozen_kernels, quantized_kernels
@@ -28,8 +29,6 @@ from tf_ecqx.quantization.api import QuantizedKernel, frozen_kernels, quantized_
 TARGETS = ("mobile", "micro")
 WEIGHT_DTYPES = ("int8", "int4")
 INT4_MAX_BITS = 4
-CALIBRATION_SAMPLES = 200
-VERIFICATION_SAMPLES = 500
 
 
 class ExportError(RuntimeError):
@@ -59,26 +58,6 @@ class ExportResult:
     max_abs_difference: float  # of dequantized outputs vs the Keras QAT model
     notes: list[str] = field(default_factory=list)
     arena_bytes: int | None = None  # micro only, as the TFLM interpreter reports it
-
-
-def _as_array(data: np.ndarray | tf.data.Dataset | Iterable, limit: int) -> np.ndarray:
-    """Up to `limit` input samples from an array, a (x, y) tuple, or a dataset of x or (x, y) batches."""
-    if isinstance(data, tuple):
-        data = data[0]
-    if isinstance(data, np.ndarray):
-        samples = data[:limit]
-    else:
-        batches, count = [], 0
-        for batch in data:
-            x = batch[0] if isinstance(batch, (tuple, list)) else batch
-            batches.append(np.asarray(x))
-            count += len(batches[-1])
-            if count >= limit:
-                break
-        samples = np.concatenate(batches)[:limit] if batches else np.zeros((0,))
-    if len(samples) == 0:
-        raise ValueError("representative_data is empty: pass at least one input sample (e.g. 100-500 training images).")
-    return np.asarray(samples, np.float32)
 
 
 def _check_calibrated(qmodel: keras.Model) -> None:
@@ -316,7 +295,8 @@ def to_tflite(
     rest stayed int8) and checks that LiteRT, with and without XNNPACK, gives the int8 file's raw outputs.
     micro: dense int8 with TFLM look-up-table compression (index width = bits), verified in the TFLM interpreter.
     Input/output are int8 unless float_io. Verification runs on `verification_data` (default: the representative
-    data), up to 500 samples.
+    data, read once, so a generator serves both), up to 500 samples. qmodel must have one float input and one output,
+    and the data batches of finite numbers of its input's shape; both are checked before anything is converted.
     """
     if target not in TARGETS:
         raise ValueError(f"target={target!r} is not known; use one of {TARGETS}.")
@@ -325,6 +305,7 @@ def to_tflite(
     path = check_writable(path)
     if not any(True for _ in quantized_kernels(qmodel)):
         raise ValueError("qmodel has no ECQx-quantized kernel: pass the model returned by tf_ecqx.quantize_model.")
+    shape = sample_shape(qmodel)
     if weight_dtype == "int4":
         if target != "mobile":
             raise ValueError(
@@ -348,10 +329,7 @@ def to_tflite(
             )
     sparse = weight_dtype == "int8" if sparse is None else sparse
     _check_calibrated(qmodel)
-    calibration = _as_array(representative_data, CALIBRATION_SAMPLES)
-    samples = _as_array(
-        verification_data if verification_data is not None else representative_data, VERIFICATION_SAMPLES
-    )
+    calibration, samples = calibration_and_verification(representative_data, verification_data, shape)
 
     dense = convert_int8(qmodel, calibration, sparse=False, float_io=float_io)
     checks = check_kernels(qmodel, flatbuffer.load(dense))

@@ -50,7 +50,7 @@ def check_model(model: object) -> keras.Model:
 def check_float32(model: keras.Model) -> None:
     """Refuse mixed precision: tfmot's fake-quantization ops and the ECQ assignment compute in float32."""
     policy = keras.mixed_precision.global_policy().name
-    mixed = [layer.name for layer in model.layers if layer.dtype_policy.compute_dtype != "float32"]
+    mixed = [layer.name for layer in model.layers if layer.dtype_policy.compute_dtype in ("float16", "bfloat16")]
     if policy != "float32" or mixed:
         where = (
             f"layers {mixed} compute in float16" if policy == "float32" else f"the global dtype policy is {policy!r}"

@@ -63,8 +63,9 @@ def compiled(qmodel: keras.Model) -> keras.Model:
 
 
 def fit_with_relevance(ctx: Context, data: Any) -> None:
-    qmodel = compiled(tf_ecqx.quantize_model(small_cnn(), bits=4, relevance="epsilon_plus_flat"))
-    qmodel.fit(ctx.x[:64], ctx.y[:64], epochs=1, callbacks=[tf_ecqx.RelevanceCallback(data)], verbose=0)
+    qmodel = compiled(tf_ecqx.quantize_model(small_cnn(), bits=4, ecqx=True))
+    callback = tf_ecqx.RelevanceCallback(data, "epsilon_plus_flat")
+    qmodel.fit(ctx.x[:64], ctx.y[:64], epochs=1, callbacks=[callback], verbose=0)
 
 
 def with_nan(x: np.ndarray) -> np.ndarray:
@@ -93,16 +94,17 @@ CASES = {
     },
     **{
         f"p={v!r}": Case(
-            lambda c, v=v: tf_ecqx.quantize_model(dense_model(), relevance="epsilon", p=v), ValueError, "in \\[0, 1\\]"
+            lambda c, v=v: tf_ecqx.quantize_model(dense_model(), ecqx=True, p=v), ValueError, "in \\[0, 1\\]"
         )
         for v in (-0.1, 1.5, float("nan"))
     },
+    "ecqx not a bool": Case(lambda c: tf_ecqx.quantize_model(dense_model(), ecqx="yes"), ValueError, "True or False"),
     "gradient unknown": Case(lambda c: tf_ecqx.quantize_model(dense_model(), gradient="sign"), ValueError, "reference"),
     "relevance composite unknown": Case(
-        lambda c: tf_ecqx.quantize_model(dense_model(), relevance="lrp.nonsense"), ValueError, "known LRP composite"
+        lambda c: tf_ecqx.RelevanceCallback((c.x, c.y), "lrp.nonsense"), ValueError, "known LRP composite"
     ),
     "relevance not an LRP analyzer": Case(
-        lambda c: tf_ecqx.quantize_model(dense_model(), relevance="innvestigate:gradient"), ValueError, "LRP analyzer"
+        lambda c: tf_ecqx.RelevanceCallback((c.x, c.y), "innvestigate:gradient"), ValueError, "LRP analyzer"
     ),
     # the model
     "not a model": Case(lambda c: tf_ecqx.quantize_model(keras.layers.Dense(4)), TypeError, "got Dense"),
@@ -149,7 +151,7 @@ CASES = {
         r"float weights became NaN or inf during training.*NaN or inf in the training data",
     ),
     "ECQx fit without the callback": Case(
-        lambda c: compiled(tf_ecqx.quantize_model(small_cnn(), relevance="epsilon")).fit(c.x[:64], c.y[:64], verbose=0),
+        lambda c: compiled(tf_ecqx.quantize_model(small_cnn(), ecqx=True)).fit(c.x[:64], c.y[:64], verbose=0),
         Exception,  # tf.errors.InvalidArgumentError, raised inside the compiled step
         "RelevanceCallback",
     ),
@@ -213,7 +215,7 @@ def test_numpy_scalars_are_accepted_as_settings():
 def test_refused_quantization_leaves_the_user_model_untouched():
     model = small_cnn()
     weights = [w.copy() for w in model.get_weights()]
-    for bad in ({"bits": 12}, {"exclude": ["nope"]}, {"relevance": "nonsense"}):
+    for bad in ({"bits": 12}, {"exclude": ["nope"]}, {"ecqx": "yes"}):
         with pytest.raises(ValueError):
             tf_ecqx.quantize_model(model, **bad)
     assert all(np.array_equal(a, b) for a, b in zip(weights, model.get_weights()))

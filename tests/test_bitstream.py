@@ -21,7 +21,7 @@ from tf_ecqx._keras import keras
 from tf_ecqx.export import BitstreamError, DecodedLayer, decode, encode, encode_layers, load_into, save
 from tf_ecqx.export.bitstream import CRC, MAGIC, PREAMBLE, VERSION, _code_model, _compress, _varint
 from tf_ecqx.models import compile_for_classification
-from tf_ecqx.quantization.api import quantized_kernels
+from tf_ecqx.quantization.kernels import quantized_kernels
 from tf_ecqx.report import code_entropy
 
 LAMBDA = 0.2
@@ -76,7 +76,7 @@ def test_round_trip_is_bit_exact(trained, saved):
     assert [layer.name for layer in layers] == [k.layer_name for k in kernels]
     for layer, kernel in zip(layers, kernels, strict=True):
         assert layer.shape == tuple(kernel.kernel.shape)
-        assert layer.bits == kernel.quantizer.bits == 4
+        assert layer.bits == kernel.settings.bits == 4
         assert bits_of(layer.step) == bits_of(kernel.state["step"].numpy())
         np.testing.assert_array_equal(layer.codes, kernel.codes().numpy())
         np.testing.assert_array_equal(bits_of(layer.values), bits_of(kernel.values().numpy()))

@@ -21,7 +21,7 @@ import tf_ecqx
 from conftest import small_cnn
 from tf_ecqx import datasets
 from tf_ecqx._keras import keras
-from tf_ecqx.quantization.api import quantized_kernels
+from tf_ecqx.quantization.kernels import quantized_kernels
 
 train, _ = datasets.fashion_mnist(use_tfds=False)
 
@@ -30,9 +30,9 @@ def run(strategy):
     # a new dataset per run: a shuffled dataset reshuffles each time it is iterated again
     data = tf.data.Dataset.from_tensor_slices((train.x[:1024], train.y[:1024])).shuffle(1024, seed=0).batch(64)
     with strategy.scope():
-        qmodel = tf_ecqx.quantize_model(small_cnn(batch_norm=True), bits=4, lambda_=0.2, relevance="epsilon_plus_flat")
+        qmodel = tf_ecqx.quantize_model(small_cnn(batch_norm=True), bits=4, lambda_=0.2, ecqx=True)
         qmodel.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), ["accuracy"])
-    qmodel.fit(data, epochs=1, callbacks=[tf_ecqx.RelevanceCallback(data)], verbose=0)
+    qmodel.fit(data, epochs=1, callbacks=[tf_ecqx.RelevanceCallback(data, "epsilon_plus_flat")], verbose=0)
     codes = [k.codes().numpy() for k in quantized_kernels(qmodel)]
     return {
         "stats": [[s.n_weights, s.sparsity, s.entropy] for s in tf_ecqx.layer_stats(qmodel)],

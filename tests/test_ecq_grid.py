@@ -4,7 +4,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from tf_ecqx.ecq.grid import check_bits, init_grid, negative_side_dominates, percentile
+from tf_ecqx.ecq.bits import check_bits
+from tf_ecqx.ecq.grid import init_grid, negative_side_dominates, percentile
 
 
 def test_percentile_matches_numpy_linear_interpolation(rng):

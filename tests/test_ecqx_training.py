@@ -7,7 +7,7 @@ from conftest import small_cnn
 import tf_ecqx
 from tf_ecqx._keras import keras
 from tf_ecqx.ecq.assign import ecq_codes, sparsity
-from tf_ecqx.quantization.api import quantized_kernels
+from tf_ecqx.quantization.kernels import quantized_kernels
 from tf_ecqx.relevance import lrp
 
 P = 0.1
@@ -30,24 +30,24 @@ def float_cnn(fashion_small) -> keras.Model:
 
 @pytest.fixture
 def ecqx_model(float_cnn):
-    def make(relevance: str = "epsilon_plus_flat_bn_pass") -> keras.Model:
+    def make() -> keras.Model:
         keras.utils.set_random_seed(0)
-        return compiled(tf_ecqx.quantize_model(float_cnn, bits=4, lambda_=0.3, relevance=relevance))
+        return compiled(tf_ecqx.quantize_model(float_cnn, bits=4, lambda_=0.3, ecqx=True))
 
     return make
 
 
 def ecq_sparsity(kernel) -> float:
     grid = kernel.quantizer.grid(kernel.state)
-    return float(sparsity(ecq_codes(kernel.kernel, grid, kernel.quantizer.lambda_, kernel.state["size_factor"])))
+    return float(sparsity(ecq_codes(kernel.kernel, grid, kernel.settings.lambda_, kernel.state["size_factor"])))
 
 
 @pytest.fixture(scope="module")
 def trained(fashion_small, float_cnn):
     train, _ = fashion_small
     keras.utils.set_random_seed(0)
-    qmodel = compiled(tf_ecqx.quantize_model(float_cnn, bits=4, lambda_=0.3, relevance="epsilon_plus_flat_bn_pass"))
-    callback = tf_ecqx.RelevanceCallback((train.x, train.y), every_n_steps=2)
+    qmodel = compiled(tf_ecqx.quantize_model(float_cnn, bits=4, lambda_=0.3, ecqx=True))
+    callback = tf_ecqx.RelevanceCallback((train.x, train.y), "epsilon_plus_flat_bn_pass", every_n_steps=2)
     history = qmodel.fit(train.x, train.y, batch_size=64, epochs=1, callbacks=[callback], verbose=0)
     return qmodel, history
 
@@ -71,7 +71,7 @@ def test_relevance_changes_which_weights_are_zero(trained):
     moved = 0
     for kernel in quantized_kernels(qmodel):
         grid = kernel.quantizer.grid(kernel.state)
-        ecq = ecq_codes(kernel.kernel, grid, kernel.quantizer.lambda_, kernel.state["size_factor"]).numpy()
+        ecq = ecq_codes(kernel.kernel, grid, kernel.settings.lambda_, kernel.state["size_factor"]).numpy()
         moved += int(np.sum((ecq == 0) != (kernel.codes().numpy() == 0)))
     assert moved > 0
 
@@ -110,8 +110,9 @@ def test_saved_ecqx_model_is_explained_like_the_original_and_resumes_training(
     """Loading gives tf_ecqx's subclasses of tfmot's QAT layers: LRP and RelevanceCallback must handle them."""
     train, _ = fashion_small
     seen, unseen = (train.x[:256], train.y[:256]), (train.x[256:512], train.y[256:512])
-    qmodel = ecqx_model(relevance="epsilon_plus_flat")
-    qmodel.fit(*seen, batch_size=64, epochs=1, callbacks=[tf_ecqx.RelevanceCallback(seen)], verbose=0)
+    qmodel = ecqx_model()
+    callback = tf_ecqx.RelevanceCallback(seen, "epsilon_plus_flat")
+    qmodel.fit(*seen, batch_size=64, epochs=1, callbacks=[callback], verbose=0)
     qmodel.save(tmp_path / f"ecqx{suffix}")
     with tf_ecqx.quantize_scope():
         loaded = keras.models.load_model(tmp_path / f"ecqx{suffix}")
@@ -129,7 +130,8 @@ def test_saved_ecqx_model_is_explained_like_the_original_and_resumes_training(
         np.testing.assert_allclose(actual.weights[name], relevance, rtol=1e-6, atol=1e-12)
 
     before = [kernel.state["relevance"].numpy().copy() for kernel in restored]
-    history = loaded.fit(*unseen, batch_size=64, epochs=1, callbacks=[tf_ecqx.RelevanceCallback(unseen)], verbose=0)
+    callback = tf_ecqx.RelevanceCallback(unseen, "epsilon_plus_flat")
+    history = loaded.fit(*unseen, batch_size=64, epochs=1, callbacks=[callback], verbose=0)
     assert np.isfinite(history.history["loss"][0])
     for relevance, kernel in zip(before, restored, strict=True):
         assert not np.array_equal(relevance, kernel.state["relevance"].numpy()), kernel.layer_name
@@ -146,8 +148,8 @@ def test_ecqx_model_exports_to_integer_tflite(trained, fashion_small, tmp_path):
 
 def test_innvestigate_source_trains(fashion_small, ecqx_model):
     train, _ = fashion_small
-    qmodel = ecqx_model(relevance="innvestigate:lrp.alpha_2_beta_1")
-    callback = tf_ecqx.RelevanceCallback((train.x, train.y), every_n_steps=4)
+    qmodel = ecqx_model()
+    callback = tf_ecqx.RelevanceCallback((train.x, train.y), "innvestigate:lrp.alpha_2_beta_1", every_n_steps=4)
     qmodel.fit(train.x[:512], train.y[:512], batch_size=64, epochs=1, callbacks=[callback], verbose=0)
     for kernel in quantized_kernels(qmodel):
         assert np.count_nonzero(kernel.state["relevance"].numpy()) > 0, kernel.layer_name

@@ -74,7 +74,7 @@ def test_exported_filters_hold_the_codes(trained_models, fashion, tmp_path):
     qmodel = trained_models["demo"]
     result = to_tflite(qmodel, tmp_path / "m.tflite", fashion[0].x[:50], sparse=False)
     tensors = {t.name: t for t in flatbuffer.weight_tensors(flatbuffer.load(result.path.read_bytes()))}
-    fc1 = next(k for k in tf_ecqx.quantization.api.quantized_kernels(qmodel) if k.layer_name == "fc1")
+    fc1 = next(k for k in tf_ecqx.quantized_kernels(qmodel) if k.layer_name == "fc1")
     stored = tensors[next(c.tensor for c in result.kernels if c.layer == "fc1")]
     np.testing.assert_array_equal(stored.values, fc1.codes().numpy().T)
     np.testing.assert_allclose(stored.scales, fc1.state["step"].numpy(), rtol=1e-6)
@@ -82,7 +82,7 @@ def test_exported_filters_hold_the_codes(trained_models, fashion, tmp_path):
 
 def test_a_changed_kernel_is_caught(trained_models, fashion, tmp_path):
     qmodel = trained_models["demo"]
-    kernel = next(tf_ecqx.quantization.api.quantized_kernels(qmodel))
+    kernel = next(tf_ecqx.quantized_kernels(qmodel))
     tensor = flatbuffer.WeightTensor(
         "CONV_2D", 0, "x", np.zeros((16, 3, 3, 1), np.int8) + 1, np.ones(1, np.float32), False
     )

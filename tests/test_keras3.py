@@ -18,7 +18,7 @@ import tf_ecqx
 from tf_ecqx._keras import keras as tf_keras
 from tf_ecqx.export import ExportError
 from tf_ecqx.models import compile_for_classification
-from tf_ecqx.quantization.api import quantized_kernels
+from tf_ecqx.quantization.kernels import quantized_kernels
 
 L = keras.layers
 TOLERANCE = 1e-5
@@ -173,7 +173,7 @@ def assert_codes_on_grid(qmodel) -> None:
         codes = kernel.codes().numpy()
         quantized = kernel.quantizer(kernel.kernel, False, kernel.state).numpy()
         np.testing.assert_array_equal(np.round(quantized / step).astype(int), codes)
-        assert np.unique(codes).size <= 2**kernel.quantizer.bits
+        assert np.unique(codes).size <= 2**kernel.settings.bits
         assert kernel.state["k_min"].numpy() <= codes.min() and codes.max() <= kernel.state["k_max"].numpy()
 
 

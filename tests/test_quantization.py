@@ -8,7 +8,7 @@ from conftest import small_cnn
 import tf_ecqx
 from tf_ecqx._keras import keras
 from tf_ecqx.models import compile_for_classification
-from tf_ecqx.quantization.api import quantized_kernels
+from tf_ecqx.quantization.kernels import quantized_kernels
 from tf_ecqx.report import model_totals
 
 
@@ -20,7 +20,7 @@ def assert_on_grid(qmodel: keras.Model) -> None:
         quantized = kernel.quantizer(kernel.kernel, False, kernel.state).numpy()
         np.testing.assert_allclose(quantized / step, np.round(quantized / step), atol=1e-4)
         np.testing.assert_array_equal(np.round(quantized / step).astype(int), codes)
-        assert np.unique(codes).size <= 2**kernel.quantizer.bits
+        assert np.unique(codes).size <= 2**kernel.settings.bits
         assert kernel.state["k_min"].numpy() <= codes.min() and codes.max() <= kernel.state["k_max"].numpy()
 
 
@@ -137,13 +137,17 @@ def test_exclude_keeps_layers_in_float_and_user_model_is_untouched():
     assert all(np.array_equal(a, b) for a, b in zip(weights, model.get_weights()))
 
 
+def three_bit_config() -> tf_ecqx.ECQxQuantizeConfig:
+    return tf_ecqx.ECQxQuantizeConfig(["kernel"], ["activation"], settings=tf_ecqx.ECQxSettings(bits=3))
+
+
 def test_custom_layer_annotated_with_an_ecqx_config(fashion_small):
     class Scaled(keras.layers.Dense):
         """A custom Dense subclass: not in any registry, so it needs an annotation."""
 
     inputs = keras.Input((28, 28, 1))
     x = keras.layers.Flatten()(inputs)
-    x = tf_ecqx.quantize_annotate_layer(Scaled(16, activation="relu"), tf_ecqx.ECQxQuantizeConfig(bits=3))(x)
+    x = tf_ecqx.quantize_annotate_layer(Scaled(16, activation="relu"), three_bit_config())(x)
     outputs = keras.layers.Dense(10)(x)
     model = keras.Model(inputs, outputs)
     with tf_ecqx.quantize_scope({"Scaled": Scaled}):
@@ -155,11 +159,32 @@ def test_custom_layer_annotated_with_an_ecqx_config(fashion_small):
 
 
 def test_config_round_trips():
-    config = tf_ecqx.ECQxQuantizeConfig(["kernel"], ["activation"], False, bits=3, lambda_=0.2, gradient="ste")
+    settings = tf_ecqx.ECQxSettings(bits=3, lambda_=0.2, gradient="ste", ecqx=True, p=0.3)
+    config = tf_ecqx.ECQxQuantizeConfig(["kernel"], ["activation"], False, settings)
     assert tf_ecqx.ECQxQuantizeConfig.from_config(config.get_config()) == config
-    quantizer = tf_ecqx.ECQxWeightQuantizer(bits=5, lambda_=0.01)
+    quantizer = tf_ecqx.ECQxWeightQuantizer(tf_ecqx.ECQxSettings(bits=5, lambda_=0.01))
     assert tf_ecqx.ECQxWeightQuantizer.from_config(quantizer.get_config()) == quantizer
-    assert quantizer != tf_ecqx.ECQxWeightQuantizer(bits=5, lambda_=0.02)
+    assert quantizer != tf_ecqx.ECQxWeightQuantizer(tf_ecqx.ECQxSettings(bits=5, lambda_=0.02))
+
+
+def test_configs_saved_by_tf_ecqx_0_1_0_still_load():
+    """0.1.0 stored the settings flat and named the LRP composite; any name meant ECQx."""
+    old = {"bits": 3, "lambda_": 0.2, "gradient": "ste", "relevance": "epsilon_plus_flat", "p": 0.2}
+    quantizer = tf_ecqx.ECQxWeightQuantizer.from_config(old)
+    assert quantizer.settings == tf_ecqx.ECQxSettings(bits=3, lambda_=0.2, gradient="ste", ecqx=True, p=0.2)
+    layout = {"weight_attrs": ["kernel"], "activation_attrs": ["activation"], "quantize_output": False}
+    config = tf_ecqx.ECQxQuantizeConfig.from_config({**layout, **old, "relevance": None})
+    assert config.settings == tf_ecqx.ECQxSettings(bits=3, lambda_=0.2, gradient="ste", ecqx=False, p=0.2)
+
+
+def test_one_settings_object_reaches_every_quantizer():
+    settings = tf_ecqx.ECQxSettings(bits=3, lambda_=0.1, ecqx=True)
+    annotated = keras.models.clone_model(small_cnn(), clone_function=tf_ecqx.quantize_annotate_layer)
+    qmodel = tf_ecqx.quantize_apply(annotated, tf_ecqx.ECQxQuantizeScheme(settings))
+    kernels = list(quantized_kernels(qmodel))
+    assert len(kernels) == 4 and all(k.settings is settings for k in kernels)
+    from_model = quantized_kernels(tf_ecqx.quantize_model(small_cnn(), bits=3, lambda_=0.1, ecqx=True))
+    assert all(k.settings == settings for k in from_model)
 
 
 def test_kernel_followed_by_a_relu_layer_is_still_quantized():
@@ -170,7 +195,7 @@ def test_kernel_followed_by_a_relu_layer_is_still_quantized():
     x = keras.layers.DepthwiseConv2D(3, name="depthwise")(x)
     x = keras.layers.Activation("relu", name="act")(x)
     x = keras.layers.Flatten()(x)
-    x = tf_ecqx.quantize_annotate_layer(keras.layers.Dense(8, name="dense"), tf_ecqx.ECQxQuantizeConfig(bits=3))(x)
+    x = tf_ecqx.quantize_annotate_layer(keras.layers.Dense(8, name="dense"), three_bit_config())(x)
     outputs = keras.layers.ReLU()(x)
     qmodel = tf_ecqx.quantize_model(keras.Model(inputs, outputs), bits=5)
     assert {s.name: s.bits for s in tf_ecqx.layer_stats(qmodel)} == {"conv": 5, "depthwise": 5, "dense": 3}

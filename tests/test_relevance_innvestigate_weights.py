@@ -51,9 +51,12 @@ def test_qat_model_weight_relevances_match_native(backend, digits):
     """iNNvestigate runs on strip(qmodel); the weight rule reads the QAT model's quantized kernels, as native lrp."""
     qmodel = tf_ecqx.quantize_model(randomized(cnn_max_pooling()), bits=4)
     x, y = shaped(qmodel, digits)
+    plain = tf_ecqx.strip(qmodel)
     for rule in RULES:
-        theirs = backend.weight_relevances(qmodel, x, rule, neuron_selection=y)
+        theirs = backend.weight_relevances(qmodel, x, rule, neuron_selection=y, plain=plain)
         assert_same_weights(theirs, lrp(qmodel, x, y, composite=rule).weights)
+    with pytest.raises(ValueError, match=r"pass plain=tf_ecqx.strip\(model\)"):
+        backend.weight_relevances(qmodel, x, RULES[0], neuron_selection=y)
 
 
 def test_predicted_class_and_input_relevance_still_work(backend, digits):

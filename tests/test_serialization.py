@@ -7,7 +7,7 @@ from conftest import small_cnn
 import tf_ecqx
 from tf_ecqx._keras import keras
 from tf_ecqx.models import compile_for_classification
-from tf_ecqx.quantization.api import quantized_kernels
+from tf_ecqx.quantization.kernels import quantized_kernels
 
 
 @pytest.mark.parametrize("suffix", [".keras", ".h5"])

@@ -1,7 +1,7 @@
 """tf_ecqx: explainability-driven entropy-constrained quantization (ECQ/ECQx) for tf_keras models.
 
-qmodel = tf_ecqx.quantize_model(model, bits=4, lambda_=0.1, relevance="epsilon_plus_flat_bn_pass")  # ECQx
-qmodel.compile(...); qmodel.fit(train, callbacks=[tf_ecqx.RelevanceCallback(train)])  # relevance=None: ECQ, no callback
+qmodel = tf_ecqx.quantize_model(model, bits=4, lambda_=0.2, ecqx=True)  # ECQx; ecqx=False (default): ECQ
+qmodel.compile(...); qmodel.fit(train, callbacks=[tf_ecqx.RelevanceCallback(train)])  # LRP epsilon_plus_flat_bn_pass
 tf_ecqx.summary(qmodel)
 Keras 3 models go in as they are (or through tf_ecqx.from_keras3) and come back with tf_ecqx.to_keras3(qmodel).
 
@@ -14,13 +14,16 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tf_ecqx import datasets, export, relevance, report, sizes
+    from tf_ecqx import datasets, export, plots, relevance, report, sizes
     from tf_ecqx.callbacks import QuantizationMetrics, RelevanceCallback
+    from tf_ecqx.intake import quantize_model
     from tf_ecqx.keras3 import from_keras3, to_keras3
-    from tf_ecqx.quantization.api import quantize_annotate_layer, quantize_apply, quantize_model, quantize_scope
+    from tf_ecqx.quantization.api import quantize_annotate_layer, quantize_apply, quantize_scope
     from tf_ecqx.quantization.configs import ECQxQuantizeConfig
+    from tf_ecqx.quantization.kernels import QuantizedKernel, quantized_kernels
     from tf_ecqx.quantization.quantizers import ECQxWeightQuantizer
     from tf_ecqx.quantization.scheme import ECQxQuantizeScheme
+    from tf_ecqx.quantization.settings import DEFAULT_LAMBDA, ECQxSettings
     from tf_ecqx.quantization.strip import strip
     from tf_ecqx.report import LayerStats, layer_stats, summary
 
@@ -29,38 +32,47 @@ __version__ = "0.1.0"
 # public name -> module that defines it (submodules map to themselves)
 _HOMES = {
     "ECQxQuantizeConfig": "tf_ecqx.quantization.configs",
+    "DEFAULT_LAMBDA": "tf_ecqx.quantization.settings",
     "ECQxQuantizeScheme": "tf_ecqx.quantization.scheme",
+    "ECQxSettings": "tf_ecqx.quantization.settings",
     "ECQxWeightQuantizer": "tf_ecqx.quantization.quantizers",
     "LayerStats": "tf_ecqx.report",
     "QuantizationMetrics": "tf_ecqx.callbacks",
+    "QuantizedKernel": "tf_ecqx.quantization.kernels",
     "RelevanceCallback": "tf_ecqx.callbacks",
     "from_keras3": "tf_ecqx.keras3",
     "layer_stats": "tf_ecqx.report",
     "quantize_annotate_layer": "tf_ecqx.quantization.api",
     "quantize_apply": "tf_ecqx.quantization.api",
-    "quantize_model": "tf_ecqx.quantization.api",
+    "quantize_model": "tf_ecqx.intake",
+    "quantized_kernels": "tf_ecqx.quantization.kernels",
     "quantize_scope": "tf_ecqx.quantization.api",
     "strip": "tf_ecqx.quantization.strip",
     "summary": "tf_ecqx.report",
     "to_keras3": "tf_ecqx.keras3",
 }
-_SUBMODULES = ("datasets", "export", "relevance", "report", "sizes")
+_SUBMODULES = ("datasets", "export", "plots", "relevance", "report", "sizes")
 
 __all__ = [
+    "DEFAULT_LAMBDA",
     "ECQxQuantizeConfig",
     "ECQxQuantizeScheme",
+    "ECQxSettings",
     "ECQxWeightQuantizer",
     "LayerStats",
     "QuantizationMetrics",
+    "QuantizedKernel",
     "RelevanceCallback",
     "datasets",
     "export",
     "from_keras3",
     "layer_stats",
+    "plots",
     "quantize_annotate_layer",
     "quantize_apply",
     "quantize_model",
     "quantize_scope",
+    "quantized_kernels",
     "relevance",
     "report",
     "sizes",

@@ -12,11 +12,12 @@ import numpy as np
 import tensorflow as tf
 
 from tf_ecqx._keras import keras
-from tf_ecqx.quantization.api import QuantizedKernel, quantized_kernels
+from tf_ecqx.quantization.kernels import QuantizedKernel, quantized_kernels
+from tf_ecqx.quantization.strip import strip
 from tf_ecqx.relevance.composites import get_composite
 from tf_ecqx.relevance.innvestigate_backend import InnvestigateBackend
 from tf_ecqx.relevance.lrp import OUTPUTS, compiled_lrp
-from tf_ecqx.relevance.sources import INNVESTIGATE, RelevanceSource, relevance_source
+from tf_ecqx.relevance.sources import DEFAULT_RELEVANCE, INNVESTIGATE, relevance_source
 from tf_ecqx.report import layer_stats, model_totals
 
 REFERENCE_BATCH_SIZE = 64
@@ -63,15 +64,18 @@ def _class_indices(y: tf.Tensor) -> tf.Tensor:
 class RelevanceCallback(keras.callbacks.Callback):
     """Refreshes ECQx weight relevances from LRP on the next batch of `data`, every `every_n_steps` training steps.
 
-    The relevances come from the current quantized model with the source named in `quantize_model(relevance=...)`:
-    R_batch is lrp().weights, the per-weight relevances averaged over the batch (the reference's scaling). They are
-    mixed as R <- (1 - momentum) R_batch + momentum R_prev. output: "output" (logit of the true class, the
-    reference), "ones" or "probability". Use training data (x, y) with labels; batch_size applies to arrays only.
+    relevance: the source of the relevances, an LRP composite of the native engine (tf_ecqx.relevance.COMPOSITES,
+    "lrp." prefix allowed; default: the reference's epsilon_plus_flat_bn_pass) or "innvestigate:<analyzer>". They
+    are computed on the current quantized model: R_batch is lrp().weights, the per-weight relevances averaged over
+    the batch (the reference's scaling), mixed as R <- (1 - momentum) R_batch + momentum R_prev. output: "output"
+    (logit of the true class, the reference), "ones" or "probability". Use training data (x, y) with labels;
+    batch_size applies to arrays only.
     """
 
     def __init__(
         self,
         data: Any,
+        relevance: str = DEFAULT_RELEVANCE,
         every_n_steps: int = 1,
         momentum: float = 0.1,
         output: str = "output",
@@ -87,7 +91,7 @@ class RelevanceCallback(keras.callbacks.Callback):
         self._dataset = _batches(data, batch_size)
         self._batches: Iterator | None = None
         self._kernels: list[QuantizedKernel] = []
-        self._source: RelevanceSource | None = None
+        self._source = relevance_source(relevance)
         self._innvestigate: InnvestigateBackend | None = None
         self._steps = 0
         self._refreshed = False
@@ -95,16 +99,12 @@ class RelevanceCallback(keras.callbacks.Callback):
         self._compiled_refresh: Any = None
 
     def on_train_begin(self, logs: dict | None = None) -> None:
-        self._kernels = [k for k in quantized_kernels(self.model) if k.quantizer.relevance is not None]
+        self._kernels = [k for k in quantized_kernels(self.model) if k.quantizer.settings.ecqx]
         if not self._kernels:
             raise ValueError(
                 f"RelevanceCallback: model {self.model.name!r} has no ECQx kernel; quantize it with "
-                "tf_ecqx.quantize_model(model, ..., relevance='epsilon_plus_flat_bn_pass')."
+                "tf_ecqx.quantize_model(model, ..., ecqx=True)."
             )
-        sources = {k.quantizer.relevance for k in self._kernels}
-        if len(sources) > 1:
-            raise ValueError(f"RelevanceCallback: the model's kernels name different relevance sources {sources}.")
-        self._source = relevance_source(sources.pop())
         if self._source.backend == INNVESTIGATE:
             self._innvestigate = InnvestigateBackend().start()
         self._compile()
@@ -138,7 +138,7 @@ class RelevanceCallback(keras.callbacks.Callback):
         )
         if self._innvestigate is not None:
             relevances = self._innvestigate.weight_relevances(
-                self.model, x.numpy(), analyzer=self._source.name, neuron_selection=targets.numpy()
+                self.model, x.numpy(), self._source.name, targets.numpy(), plain=strip(self.model)
             )
             self._compiled_store(relevances, keep, budget)
         else:

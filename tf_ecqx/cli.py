@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from tf_ecqx.quantization.settings import DEFAULT_LAMBDA  # no TensorFlow: --help stays fast
+
+LAMBDA_HELP = f"entropy weight, larger = sparser (default {DEFAULT_LAMBDA})"
 DATA_HELP = "fashion_mnist (default), a directory with the four MNIST-format IDX files, or an .npz with x_train etc."
 
 
@@ -19,7 +22,7 @@ def _parser() -> argparse.ArgumentParser:
         "demo", help="train a float CNN on Fashion-MNIST, quantize it with ECQ and ECQx, fine-tune, compare, export"
     )
     demo.add_argument("--bits", type=int, default=4, help="kernel bit width, 2..8 (default 4)")
-    demo.add_argument("--lambda", dest="lambda_", type=float, default=0.2, help="entropy weight (default 0.2)")
+    demo.add_argument("--lambda", dest="lambda_", type=float, default=DEFAULT_LAMBDA, help=LAMBDA_HELP)
     demo.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs (default 2)")
     demo.add_argument(
         "--relevance", default="epsilon_plus_flat_bn_pass", help="LRP composite of ECQx (default: the reference's)"
@@ -37,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     quantize.add_argument("model", help="float model, .keras file from tf_keras or Keras 3")
     quantize.add_argument("--bits", type=int, default=4, help="kernel bit width, 2..8 (default 4)")
-    quantize.add_argument("--lambda", dest="lambda_", type=float, default=0.1, help="entropy weight (default 0.1)")
+    quantize.add_argument("--lambda", dest="lambda_", type=float, default=DEFAULT_LAMBDA, help=LAMBDA_HELP)
     quantize.add_argument("--relevance", default=None, help="LRP composite for ECQx (default: none, plain ECQ)")
     quantize.add_argument("--p", type=float, default=0.1, help="sparsity ECQx may give back vs ECQ (default 0.1)")
     quantize.add_argument("--data", default="fashion_mnist", help=DATA_HELP)

@@ -18,18 +18,13 @@ from tf_ecqx.callbacks import QuantizationMetrics, RelevanceCallback
 from tf_ecqx.export.bitstream import save as save_bitstream
 from tf_ecqx.export.tflite import to_tflite
 from tf_ecqx.files import check_writable, staged_directory
+from tf_ecqx.intake import quantize_model
 from tf_ecqx.model_files import load_model_file
 from tf_ecqx.models import compile_for_classification
-from tf_ecqx.quantization.api import quantize_model
-from tf_ecqx.quantization.quantizers import ECQxWeightQuantizer
-from tf_ecqx.report import (
-    LayerStats,
-    format_layer_table,
-    layer_stats,
-    plot_code_histogram,
-    plot_layer_stats,
-    plot_relevance,
-)
+from tf_ecqx.plots import plot_code_histogram, plot_layer_stats, plot_relevance
+from tf_ecqx.quantization.settings import DEFAULT_LAMBDA, ECQxSettings
+from tf_ecqx.relevance.sources import relevance_source
+from tf_ecqx.report import LayerStats, format_layer_table, layer_stats
 
 REPORT_FILE = "report.json"
 QAT_FILE = "qat.keras"
@@ -44,15 +39,17 @@ ARTIFACTS = {  # file in the output directory -> what it is
 @dataclass(frozen=True)
 class QuantizeSettings:
     bits: int = 4
-    lambda_: float = 0.1
-    relevance: str | None = None
+    lambda_: float = DEFAULT_LAMBDA
+    relevance: str | None = None  # ECQx with this relevance source; None: ECQ
     p: float = 0.1
     epochs: int = 2
     batch_size: int = 64
     seed: int = 0
 
     def __post_init__(self) -> None:
-        ECQxWeightQuantizer(self.bits, self.lambda_, "reference", self.relevance, self.p)  # validates them
+        ECQxSettings(self.bits, self.lambda_, ecqx=self.relevance is not None, p=self.p)  # checked before any work
+        if self.relevance is not None:
+            relevance_source(self.relevance)
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
             raise ValueError(f"epochs={self.epochs!r} must be an integer >= 1.")
 
@@ -93,15 +90,14 @@ def _quantize_into(
     compile_for_classification(float_model)
     float_accuracy = float(float_model.evaluate(test.as_dataset(256), verbose=0)[1])
     keras.utils.set_random_seed(settings.seed)
-    qmodel = quantize_model(
-        float_model, bits=settings.bits, lambda_=settings.lambda_, relevance=settings.relevance, p=settings.p
-    )
+    ecqx = settings.relevance is not None
+    qmodel = quantize_model(float_model, bits=settings.bits, lambda_=settings.lambda_, ecqx=ecqx, p=settings.p)
     compile_for_classification(qmodel)
     train_data = train.as_dataset(settings.batch_size, shuffle=True, seed=settings.seed)
     callbacks: list[keras.callbacks.Callback] = [QuantizationMetrics(log_dir=out / "logs")]
-    if settings.relevance is not None:
-        callbacks.append(RelevanceCallback(train_data))
-    method = "ECQx" if settings.relevance else "ECQ"
+    if ecqx:
+        callbacks.append(RelevanceCallback(train_data, settings.relevance))
+    method = "ECQx" if ecqx else "ECQ"
     _progress(quiet, f"[1/4] {method} {settings.bits}-bit fine-tuning for {settings.epochs} epoch(s)")
     qmodel.fit(train_data, epochs=settings.epochs, callbacks=callbacks, verbose=0 if quiet else 2)
     accuracy = float(qmodel.evaluate(test.as_dataset(256), verbose=0)[1])

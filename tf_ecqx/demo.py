@@ -10,32 +10,30 @@ from typing import Any, NamedTuple
 from tf_ecqx._keras import keras
 from tf_ecqx.callbacks import RelevanceCallback
 from tf_ecqx.datasets import Split, fashion_mnist
-from tf_ecqx.ecq.grid import check_bits
 from tf_ecqx.files import staged_directory
+from tf_ecqx.intake import quantize_model
 from tf_ecqx.models import compile_for_classification, trained_float_model
-from tf_ecqx.quantization.api import quantize_model
-from tf_ecqx.quantization.quantizers import check_lambda, check_p
-from tf_ecqx.relevance.sources import relevance_source
-from tf_ecqx.report import LayerStats, format_layer_table, layer_stats, model_totals, plot_relevance
+from tf_ecqx.plots import plot_relevance
+from tf_ecqx.quantization.settings import DEFAULT_LAMBDA, ECQxSettings
+from tf_ecqx.relevance.sources import DEFAULT_RELEVANCE, relevance_source
+from tf_ecqx.report import LayerStats, format_layer_table, layer_stats, model_totals
 from tf_ecqx.sizes import format_size_table, size_table
 
 
 @dataclass(frozen=True)
 class DemoSettings:
     bits: int = 4
-    lambda_: float = 0.2
+    lambda_: float = DEFAULT_LAMBDA
     float_epochs: int = 3
     finetune_epochs: int = 2
     batch_size: int = 64
     seed: int = 0
-    relevance: str = "epsilon_plus_flat_bn_pass"
+    relevance: str = DEFAULT_RELEVANCE
     p: float = 0.1
     every_n_steps: int = 1
 
     def __post_init__(self) -> None:
-        check_bits(self.bits)
-        check_lambda(self.lambda_)
-        check_p(self.p)
+        ECQxSettings(self.bits, self.lambda_, ecqx=True, p=self.p)  # checked before any work
         relevance_source(self.relevance)
 
 
@@ -50,11 +48,10 @@ def _finetune(
 ) -> Finetuned:
     """Quantize the float model with ECQ or ECQx and fine-tune it with model.fit, from the same seed."""
     keras.utils.set_random_seed(settings.seed)
-    relevance = settings.relevance if ecqx else None
-    qmodel = quantize_model(model, bits=settings.bits, lambda_=settings.lambda_, relevance=relevance, p=settings.p)
+    qmodel = quantize_model(model, bits=settings.bits, lambda_=settings.lambda_, ecqx=ecqx, p=settings.p)
     compile_for_classification(qmodel)
     train_ds = train.as_dataset(settings.batch_size, shuffle=True, seed=settings.seed)
-    callbacks = [RelevanceCallback(train_ds, every_n_steps=settings.every_n_steps)] if ecqx else []
+    callbacks = [RelevanceCallback(train_ds, settings.relevance, settings.every_n_steps)] if ecqx else []
     qmodel.fit(train_ds, epochs=settings.finetune_epochs, callbacks=callbacks, verbose=verbose)
     return Finetuned(qmodel, qmodel.evaluate(test_ds, verbose=0)[1], layer_stats(qmodel))
 

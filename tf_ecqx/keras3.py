@@ -451,24 +451,15 @@ def from_keras3(model_or_path: Any) -> tf_keras.Model:
     return _convert(model_or_path, KERAS3, TF_KERAS)
 
 
-def exclude_for_tf_keras(exclude: Any) -> Any:
-    """quantize_model's `exclude` for the tf_keras rebuild of a Keras 3 model: Keras 3 layer classes become their
-    tf_keras counterparts (layer names stay as they are)."""
-    if exclude is None:
-        return None
-    items = [exclude] if isinstance(exclude, (str, type)) else list(exclude)
-    translated = []
-    for item in items:
-        if isinstance(item, type) and issubclass(item, keras.layers.Layer):
-            counterpart = getattr(tf_keras.layers, item.__name__, None)
-            if getattr(keras.layers, item.__name__, None) is not item or counterpart is None:
-                raise ValueError(
-                    f"exclude names the Keras 3 class {item.__module__}.{item.__name__}, which has no tf_keras "
-                    "counterpart (and so no layer of the rebuilt model); exclude layers by name instead."
-                )
-            item = counterpart
-        translated.append(item)
-    return translated
+def tf_keras_counterpart(cls: type) -> type:
+    """The tf_keras layer class of a Keras 3 layer class, or a ValueError if there is none."""
+    counterpart = getattr(tf_keras.layers, cls.__name__, None)
+    if getattr(keras.layers, cls.__name__, None) is not cls or counterpart is None:
+        raise ValueError(
+            f"exclude names the Keras 3 class {cls.__module__}.{cls.__name__}, which has no tf_keras counterpart (and "
+            "so no layer of the rebuilt model); exclude layers by name instead."
+        )
+    return counterpart
 
 
 def to_keras3(qmodel: tf_keras.Model) -> keras.Model:

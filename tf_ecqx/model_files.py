@@ -9,6 +9,7 @@ import zlib
 from pathlib import Path
 
 from tf_ecqx._keras import keras
+from tf_ecqx.quantization.api import quantize_scope
 
 
 def saved_keras_version(path: str | os.PathLike) -> str:
@@ -40,7 +41,5 @@ def load_model_file(path: str | os.PathLike) -> keras.Model:
         from tf_ecqx.keras3 import from_keras3  # the only module that imports Keras 3
 
         return from_keras3(path)
-    from tf_ecqx.quantization.api import quantize_scope  # api imports this module
-
     with quantize_scope():
         return keras.models.load_model(path, compile=False)

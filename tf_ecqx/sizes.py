@@ -15,7 +15,7 @@ from tf_ecqx._keras import keras
 from tf_ecqx.export.bitstream import encode
 from tf_ecqx.export.tflite import to_tflite
 from tf_ecqx.files import atomic_write
-from tf_ecqx.quantization.api import quantized_kernels
+from tf_ecqx.quantization.kernels import quantized_kernels
 from tf_ecqx.quantization.strip import strip
 from tf_ecqx.report import layer_stats
 

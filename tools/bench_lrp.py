@@ -26,7 +26,7 @@ import tf_ecqx  # noqa: E402
 from tf_ecqx._keras import keras  # noqa: E402
 from tf_ecqx.datasets import fashion_mnist  # noqa: E402
 from tf_ecqx.models import trained_float_model  # noqa: E402
-from tf_ecqx.quantization.api import quantized_kernels  # noqa: E402
+from tf_ecqx.quantization.kernels import quantized_kernels  # noqa: E402
 from tf_ecqx.relevance import InnvestigateBackend, get_composite  # noqa: E402
 from tf_ecqx.relevance.lrp import compiled_lrp  # noqa: E402
 
@@ -71,7 +71,7 @@ def main() -> None:
             model = trained_float_model(name, train, verbose=0)
             before_bn = feeds_batch_norm(model)
             for rule in args.rules:
-                qmodel = tf_ecqx.quantize_model(model, bits=4, lambda_=0.2, relevance=rule)
+                qmodel = tf_ecqx.quantize_model(model, bits=4, lambda_=0.2, ecqx=True)
                 # BatchNorm passed, not folded: both sides then run the same forward computation
                 native = compiled_lrp(qmodel, dataclasses.replace(get_composite(rule), bn="pass"), "output")
                 kernels = list(quantized_kernels(qmodel))
@@ -86,7 +86,7 @@ def main() -> None:
                     tic = time.perf_counter()
                     ours = {k: v.numpy() for k, v in native(tf.constant(x), tf.constant(y))[1].items()}
                     mid = time.perf_counter()
-                    theirs = backend.weight_relevances(qmodel, x, analyzer=rule, neuron_selection=y)
+                    theirs = backend.weight_relevances(qmodel, x, rule, y, plain=tf_ecqx.strip(qmodel))
                     end = time.perf_counter()
                     if repeat:
                         times["native"].append(mid - tic)

@@ -59,8 +59,8 @@ def step_seconds(models: dict[str, Timed], x: np.ndarray, y: np.ndarray, steps: 
 
 def ecqx_timed(model: keras.Model, x: np.ndarray, y: np.ndarray, every_n_steps: int) -> Timed:
     """A 4-bit ECQx QAT model of `model` with its relevance callback on the timing batch."""
-    qmodel = tf_ecqx.quantize_model(model, bits=4, lambda_=0.2, relevance="epsilon_plus_flat_bn_pass")
-    return Timed(compile_for_classification(qmodel), tf_ecqx.RelevanceCallback((x, y), every_n_steps))
+    qmodel = tf_ecqx.quantize_model(model, bits=4, lambda_=0.2, ecqx=True)
+    return Timed(compile_for_classification(qmodel), tf_ecqx.RelevanceCallback((x, y), every_n_steps=every_n_steps))
 
 
 def print_step_times(name: str, model: keras.Model, train: Split, batch_size: int, steps: int, repeats: int) -> None:

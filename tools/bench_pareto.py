@@ -88,7 +88,7 @@ def fit(model: keras.Model, train: Split, steps: int, callbacks: list | None = N
 
 
 @dataclasses.dataclass(frozen=True)
-class ECQxSettings:
+class ECQxAblation:
     """What ECQx's relevances come from and how they are used (the ablation knobs; defaults = the reference)."""
 
     relevance: str = "epsilon_plus_flat_bn_pass"
@@ -102,7 +102,7 @@ def ours(
     model: keras.Model,
     bits: int,
     lam: float,
-    ecqx: ECQxSettings | None,
+    ecqx: ECQxAblation | None,
     train: Split,
     test: Split,
     steps: int,
@@ -113,9 +113,9 @@ def ours(
     if ecqx is None:
         qmodel = tf_ecqx.quantize_model(model, bits=bits, lambda_=lam)
     else:
-        qmodel = tf_ecqx.quantize_model(model, bits=bits, lambda_=lam, relevance=ecqx.relevance, p=ecqx.p)
+        qmodel = tf_ecqx.quantize_model(model, bits=bits, lambda_=lam, ecqx=True, p=ecqx.p)
         data = train.as_dataset(64, shuffle=True)
-        callbacks.append(tf_ecqx.RelevanceCallback(data, every_n_steps=ecqx.every_n_steps, momentum=ecqx.momentum))
+        callbacks.append(tf_ecqx.RelevanceCallback(data, ecqx.relevance, ecqx.every_n_steps, ecqx.momentum))
     fit(qmodel, train, steps, callbacks)
     calibration = train.x[:CALIBRATION]
     with tempfile.TemporaryDirectory() as directory:
@@ -278,7 +278,7 @@ def run_model(name: str, args: argparse.Namespace, train: Split, test: Split, se
     if "tfmot" in args.methods:
         for method, pipeline in tfmot_pipelines(args.prune).items():
             record(lambda m=method, p=pipeline: baseline(name, model, m, p, train, test, args.steps))
-    ecqx = ECQxSettings(args.relevance, args.p, args.momentum, args.relevance_every)
+    ecqx = ECQxAblation(args.relevance, args.p, args.momentum, args.relevance_every)
     for method in ("ECQ", "ECQx"):
         if method in args.methods:
             for bits in args.bits:
@@ -294,7 +294,7 @@ def main() -> None:
     parser.add_argument("--bits", nargs="+", type=int, help="default 2 3 4 5 (quick: 4)")
     parser.add_argument("--lambdas", nargs="+", type=float, help="default 0.03 0.1 0.2 0.4 (quick: 0.1 0.3)")
     parser.add_argument("--methods", nargs="+", choices=["tfmot", "ECQ", "ECQx"], default=["tfmot", "ECQ", "ECQx"])
-    reference = ECQxSettings()
+    reference = ECQxAblation()
     parser.add_argument("--relevance", default=reference.relevance, help="ECQx relevance source (composite name)")
     parser.add_argument("--p", type=float, default=reference.p, help="ECQx: sparsity LRP may give back")
     parser.add_argument("--momentum", type=float, default=reference.momentum, help="ECQx relevance momentum")

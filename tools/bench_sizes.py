@@ -59,10 +59,11 @@ def main() -> None:
         print("|---:" * (4 + len(COLUMNS)) + "|")
         for bits in args.bits:
             keras.utils.set_random_seed(0)
-            qmodel = tf_ecqx.quantize_model(model, bits=bits, lambda_=args.lambda_, relevance=args.relevance)
+            ecqx = args.relevance is not None
+            qmodel = tf_ecqx.quantize_model(model, bits=bits, lambda_=args.lambda_, ecqx=ecqx)
             compile_for_classification(qmodel)
             data = train.as_dataset(64, shuffle=True)
-            callbacks = [tf_ecqx.RelevanceCallback(data)] if args.relevance else []
+            callbacks = [tf_ecqx.RelevanceCallback(data, args.relevance)] if ecqx else []
             qmodel.fit(data, epochs=args.epochs, callbacks=callbacks, verbose=0)
             keras_accuracy = qmodel.evaluate(test.as_dataset(512), verbose=0)[1]
             with tempfile.TemporaryDirectory() as directory:

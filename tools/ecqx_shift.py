@@ -21,7 +21,7 @@ from tf_ecqx._keras import keras  # noqa: E402
 from tf_ecqx.datasets import fashion_mnist  # noqa: E402
 from tf_ecqx.ecq import assign  # noqa: E402
 from tf_ecqx.models import compile_for_classification, trained_float_model  # noqa: E402
-from tf_ecqx.quantization.api import quantized_kernels  # noqa: E402
+from tf_ecqx.quantization.kernels import quantized_kernels  # noqa: E402
 
 
 def main() -> None:
@@ -37,9 +37,9 @@ def main() -> None:
     train, _ = fashion_mnist()
     keras.utils.set_random_seed(0)
     model = trained_float_model(args.model, train, verbose=0)
-    qmodel = tf_ecqx.quantize_model(model, bits=args.bits, lambda_=args.lambda_, relevance=args.relevance, p=args.p)
+    qmodel = tf_ecqx.quantize_model(model, bits=args.bits, lambda_=args.lambda_, ecqx=True, p=args.p)
     compile_for_classification(qmodel)
-    callback = tf_ecqx.RelevanceCallback(train.as_dataset(64, shuffle=True))
+    callback = tf_ecqx.RelevanceCallback(train.as_dataset(64, shuffle=True), args.relevance)
     data = train.as_dataset(64, shuffle=True).repeat()
     qmodel.fit(data, steps_per_epoch=args.steps, epochs=1, callbacks=[callback], verbose=0)
 
@@ -48,7 +48,7 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---|")
     for k in quantized_kernels(qmodel):
         grid = k.quantizer.grid(k.state)
-        ecq = assign.ecq_codes(k.kernel, grid, k.quantizer.lambda_, k.state["size_factor"])
+        ecq = assign.ecq_codes(k.kernel, grid, k.settings.lambda_, k.state["size_factor"])
         ecqx = k.codes()
         ecq_zero, ecqx_zero = tf.equal(ecq, 0), tf.equal(ecqx, 0)
         pushed = int(tf.reduce_sum(tf.cast(ecqx_zero & ~ecq_zero, tf.int32)))

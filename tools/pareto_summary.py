@@ -19,12 +19,12 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
-from bench_pareto import ECQxSettings, Point, plot, print_header, print_point  # noqa: E402  (tools/ is on the path when this runs as a script)
+from bench_pareto import ECQxAblation, Point, plot, print_header, print_point  # noqa: E402  (tools/ is on the path when this runs as a script)
 
 from tf_ecqx.datasets import fashion_mnist  # noqa: E402
 from tf_ecqx.models import trained_float_model  # noqa: E402
 
-_REFERENCE = ECQxSettings()
+_REFERENCE = ECQxAblation()
 # runs are merged only if these agree; results written before the ECQx options existed used the reference values
 COMPARABLE = {
     "steps": None,

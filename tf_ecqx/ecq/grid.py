@@ -7,13 +7,12 @@ level range is clamped to it (one level fewer on one side).
 
 from __future__ import annotations
 
-import numbers
 from typing import NamedTuple
 
 import tensorflow as tf
 
-MIN_BITS = 2
-MAX_BITS = 8
+from tf_ecqx.ecq.bits import check_bits
+
 INT8_NARROW_MAX = 127
 STEP_PERCENTILE = 99.9
 MIN_STEP = 1e-30
@@ -25,16 +24,6 @@ class Grid(NamedTuple):
     step: tf.Tensor
     k_min: tf.Tensor
     k_max: tf.Tensor
-
-
-def check_bits(bits: int) -> int:
-    """`bits` as int if it is an integer (Python or numpy) in [2, 8], else a ValueError saying what is allowed."""
-    if isinstance(bits, bool) or not isinstance(bits, numbers.Integral) or not MIN_BITS <= bits <= MAX_BITS:
-        raise ValueError(
-            f"bits={bits!r} is not supported: ECQx quantizes kernels to an integer bit width from {MIN_BITS} to "
-            f"{MAX_BITS} (codes must fit int8). Pass e.g. bits=4."
-        )
-    return int(bits)
 
 
 def percentile(values: tf.Tensor, q: float) -> tf.Tensor:

@@ -38,9 +38,9 @@ import numpy as np
 import tensorflow as tf
 
 from tf_ecqx._keras import keras
-from tf_ecqx.ecq.grid import MAX_BITS, MIN_BITS, check_bits
+from tf_ecqx.ecq.bits import MAX_BITS, MIN_BITS, check_bits
 from tf_ecqx.files import atomic_write, check_writable
-from tf_ecqx.quantization.api import QuantizedKernel, quantized_kernels
+from tf_ecqx.quantization.kernels import QuantizedKernel, quantized_kernels
 
 MAGIC = b"ECQX"
 VERSION = 1
@@ -404,7 +404,7 @@ def decode(data: bytes, *, max_weights: int = DEFAULT_MAX_WEIGHTS) -> list[Decod
 def _layer_of(kernel: QuantizedKernel) -> DecodedLayer:
     return DecodedLayer(
         name=kernel.layer_name,
-        bits=kernel.quantizer.bits,
+        bits=kernel.settings.bits,
         step=np.float32(kernel.state["step"].numpy()),
         k_min=int(kernel.state["k_min"].numpy()),
         k_max=int(kernel.state["k_max"].numpy()),
@@ -452,8 +452,8 @@ def _qat_problems(kernels: dict[str, QuantizedKernel], layers: list[_LayerHeader
             problems.append(f"{layer.name}: in the file, not an ECQx-quantized layer of the model")
             continue
         problems += _shape_problems(layer, kernel.kernel)
-        if kernel.quantizer.bits != layer.bits:
-            problems.append(f"{layer.name}: {layer.bits} bits in the file, {kernel.quantizer.bits} in the model")
+        if kernel.settings.bits != layer.bits:
+            problems.append(f"{layer.name}: {layer.bits} bits in the file, {kernel.settings.bits} in the model")
     return problems
 
 

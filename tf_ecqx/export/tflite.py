@@ -24,7 +24,7 @@ from tf_ecqx.export import flatbuffer
 from tf_ecqx.export.inputs import calibration_and_verification, sample_shape
 from tf_ecqx.export.runtimes import run_litert, run_tflm
 from tf_ecqx.files import atomic_write, check_writable
-from tf_ecqx.quantization.api import QuantizedKernel, frozen_kernels, quantized_kernels
+from tf_ecqx.quantization.kernels import QuantizedKernel, frozen_kernels, quantized_kernels
 
 TARGETS = ("mobile", "micro")
 WEIGHT_DTYPES = ("int8", "int4")
@@ -125,7 +125,7 @@ def _check_kernel(kernel: QuantizedKernel, tensor: flatbuffer.WeightTensor, expe
     step = float(kernel.state["step"].numpy())
     if np.array_equal(stored, expected) and np.allclose(tensor.scales, step, rtol=1e-5):
         return KernelCheck(kernel.layer_name, tensor.name, "exact", most_values)
-    if np.array_equal(stored == 0, expected == 0) and most_values <= 2**kernel.quantizer.bits:
+    if np.array_equal(stored == 0, expected == 0) and most_values <= 2**kernel.settings.bits:
         return KernelCheck(kernel.layer_name, tensor.name, "folded", most_values)
     raise ExportError(
         f"The int8 filter {tensor.name!r} of layer {kernel.layer_name!r} does not hold its ECQ codes (scale "
@@ -157,7 +157,7 @@ def _compress_for_micro(data: bytes, qmodel: keras.Model, checks: list[KernelChe
                 axis=3 if isinstance(kernel.wrapper.layer, keras.layers.DepthwiseConv2D) else 0
             )
         )
-        specs.add_tensor(0, by_name[check.tensor].index).with_lut(index_bitwidth=kernel.quantizer.bits, mode=mode)
+        specs.add_tensor(0, by_name[check.tensor].index).with_lut(index_bitwidth=kernel.settings.bits, mode=mode)
     return bytes(compression.compress(data, specs.build()))
 
 
@@ -318,9 +318,9 @@ def to_tflite(
                 "combine. Pass sparse=False (or leave sparse unset) with weight_dtype='int4'."
             )
         too_wide = [
-            f"{k.layer_name} ({k.quantizer.bits} bits)"
+            f"{k.layer_name} ({k.settings.bits} bits)"
             for k in quantized_kernels(qmodel)
-            if k.quantizer.bits > INT4_MAX_BITS
+            if k.settings.bits > INT4_MAX_BITS
         ]
         if too_wide:
             raise ValueError(

@@ -10,22 +10,16 @@ from tensorflow_model_optimization.python.core.quantization.keras.default_8bit.d
 )
 
 from tf_ecqx._keras import keras
+from tf_ecqx.layers import KERNEL_ATTRS
 from tf_ecqx.quantization.quantizers import ECQxWeightQuantizer
-
-# Layer kinds whose kernels ECQx quantizes, with the attribute that holds the kernel.
-KERNEL_ATTRS: dict[type, str] = {
-    keras.layers.Dense: "kernel",
-    keras.layers.Conv1D: "kernel",
-    keras.layers.Conv2D: "kernel",
-    keras.layers.DepthwiseConv2D: "depthwise_kernel",
-}
+from tf_ecqx.quantization.settings import ECQxSettings
 
 
 class ECQxQuantizeConfig(Default8BitQuantizeConfig):
     """ECQx on `weight_attrs`, tfmot's 8-bit activation quantization on `activation_attrs` (and the output if asked).
 
-    For a custom layer: `quantize_annotate_layer(layer, ECQxQuantizeConfig(["kernel"], ["activation"], bits=4))`.
-    relevance/p switch the kernel to ECQx (see ECQxWeightQuantizer).
+    For a custom layer: `quantize_annotate_layer(layer, ECQxQuantizeConfig(["kernel"], ["activation"],
+    settings=ECQxSettings(bits=4)))`; without settings, the defaults.
     """
 
     def __init__(
@@ -33,25 +27,30 @@ class ECQxQuantizeConfig(Default8BitQuantizeConfig):
         weight_attrs: Sequence[str] = ("kernel",),
         activation_attrs: Sequence[str] = ("activation",),
         quantize_output: bool = False,
-        bits: int = 4,
-        lambda_: float = 0.05,
-        gradient: str = "reference",
-        relevance: str | None = None,
-        p: float = 0.1,
+        settings: ECQxSettings | None = None,
     ):
         super().__init__(list(weight_attrs), list(activation_attrs), quantize_output)
-        self.weight_quantizer = ECQxWeightQuantizer(
-            bits=bits, lambda_=lambda_, gradient=gradient, relevance=relevance, p=p
-        )
+        self.weight_quantizer = ECQxWeightQuantizer(settings)
+
+    @property
+    def settings(self) -> ECQxSettings:
+        return self.weight_quantizer.settings
 
     @classmethod
-    def for_layer(cls, layer: keras.layers.Layer, **quantizer_kwargs: Any) -> ECQxQuantizeConfig:
+    def for_layer(cls, layer: keras.layers.Layer, settings: ECQxSettings) -> ECQxQuantizeConfig:
         """The config for a built-in layer kind listed in KERNEL_ATTRS."""
-        return cls([KERNEL_ATTRS[type(layer)]], ["activation"], False, **quantizer_kwargs)
+        return cls([KERNEL_ATTRS[type(layer)]], ["activation"], False, settings)
 
     def without_activation_quantization(self) -> ECQxQuantizeConfig:
         """The same kernel quantization, with no fake quantization of the layer's activation or output."""
-        return ECQxQuantizeConfig(self.weight_attrs, [], False, **self.weight_quantizer.get_config())
+        return ECQxQuantizeConfig(self.weight_attrs, [], False, self.settings)
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), **self.weight_quantizer.get_config()}
+        return {**super().get_config(), "settings": self.settings.get_config()}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> ECQxQuantizeConfig:
+        """The config of a saved model; tf_ecqx 0.1.0 stored the settings' fields flat beside the attributes."""
+        config = dict(config)
+        layout = {key: config.pop(key) for key in ("weight_attrs", "activation_attrs", "quantize_output")}
+        return cls(**layout, settings=ECQxSettings.from_config(config.get("settings", config)))

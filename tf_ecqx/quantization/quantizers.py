@@ -8,8 +8,6 @@ every call, inside the compiled train step.
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Any
 
 import tensorflow as tf
@@ -17,43 +15,11 @@ from tensorflow_model_optimization.quantization.keras import quantizers as tfmot
 
 from tf_ecqx._keras import keras
 from tf_ecqx.ecq import assign
-from tf_ecqx.ecq.grid import INT8_NARROW_MAX, Grid, check_bits, init_grid
-from tf_ecqx.relevance.sources import relevance_source
+from tf_ecqx.ecq.grid import INT8_NARROW_MAX, Grid, init_grid
+from tf_ecqx.quantization.settings import ECQxSettings
 
-GRADIENT_RULES = ("reference", "ste")
-# Key of the quantizer state under which `api.frozen_kernels` puts each kernel's quantized values while exporting.
+# Key of the quantizer state under which `kernels.frozen_kernels` puts each kernel's quantized values while exporting.
 FROZEN_VALUES = "frozen_values"
-# Above 1 almost every weight is zero already; the cap keeps the layer lambda far from float32 overflow.
-MAX_LAMBDA = 100.0
-
-
-def _is_number(value: object) -> bool:
-    """A real number (Python or numpy), not a bool."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def check_lambda(lambda_: float) -> float:
-    """Return lambda_ as float if it is a number in [0, 100], else raise a ValueError that says what is allowed."""
-    if not _is_number(lambda_) or not math.isfinite(lambda_) or not 0 <= lambda_ <= MAX_LAMBDA:
-        raise ValueError(
-            f"lambda_={lambda_!r} is not allowed: the entropy weight must be a finite number in [0, {MAX_LAMBDA:g}] "
-            "(0 = nearest-level rounding, about 0.05-0.3 for sparse models, 1 = almost all zero)."
-        )
-    return float(lambda_)
-
-
-def check_gradient(gradient: str) -> str:
-    """Return gradient if it names a known straight-through rule."""
-    if gradient not in GRADIENT_RULES:
-        raise ValueError(f"gradient={gradient!r} is not known; use one of {GRADIENT_RULES}.")
-    return gradient
-
-
-def check_p(p: float) -> float:
-    """Return p as float if it is a number in [0, 1] (the sparsity ECQx may give back relative to ECQ)."""
-    if not _is_number(p) or not 0.0 <= p <= 1.0:
-        raise ValueError(f"p={p!r} is not allowed: it is the sparsity LRP may give back, in [0, 1] (0.1 usual).")
-    return float(p)
 
 
 def straight_through(w: tf.Tensor, w_q: tf.Tensor, rule: str) -> tf.Tensor:
@@ -77,27 +43,12 @@ def straight_through(w: tf.Tensor, w_q: tf.Tensor, rule: str) -> tf.Tensor:
 
 
 class ECQxWeightQuantizer(tfmot_quantizers.Quantizer):
-    """Entropy-constrained quantization of one kernel to `bits` bits (docs/method.md §2, §3, §5).
+    """Entropy-constrained quantization of one kernel as `settings` say (docs/method.md §2, §3, §5; ECQx: §4)."""
 
-    relevance: None for ECQ, or the relevance source of ECQx (see `relevance_source`); p: the sparsity ECQx may give
-    back relative to ECQ (§4).
-    """
-
-    def __init__(
-        self,
-        bits: int = 4,
-        lambda_: float = 0.05,
-        gradient: str = "reference",
-        relevance: str | None = None,
-        p: float = 0.1,
-    ):
-        self.bits = check_bits(bits)
-        self.lambda_ = check_lambda(lambda_)
-        self.gradient = check_gradient(gradient)
-        if relevance is not None:
-            relevance_source(relevance)  # validates the name
-        self.relevance = relevance
-        self.p = check_p(p)
+    def __init__(self, settings: ECQxSettings | None = None):
+        if settings is not None and not isinstance(settings, ECQxSettings):
+            raise TypeError(f"ECQxWeightQuantizer takes an ECQxSettings, got {type(settings).__name__}.")
+        self.settings = settings or ECQxSettings()
 
     def build(self, tensor_shape: tf.TensorShape, name: str, layer: keras.layers.Layer) -> dict[str, tf.Variable]:
         def state(suffix: str, initial: float) -> tf.Variable:
@@ -114,7 +65,7 @@ class ECQxWeightQuantizer(tfmot_quantizers.Quantizer):
             "k_max": state("k_max", 0.0),
             "size_factor": state("size_factor", 1.0),
         }
-        if self.relevance is not None:
+        if self.settings.ecqx:
             variables["relevance"] = layer.add_weight(
                 f"{name}_ecqx_relevance", shape=tensor_shape, initializer="zeros", trainable=False
             )
@@ -132,7 +83,7 @@ class ECQxWeightQuantizer(tfmot_quantizers.Quantizer):
 
     def initialize(self, kernel: tf.Tensor, weights: dict[str, tf.Variable], size_factor: float) -> None:
         """Fix the grid from the pretrained kernel and set the layer-size factor d_l (once, before training)."""
-        grid = init_grid(kernel, self.bits)
+        grid = init_grid(kernel, self.settings.bits)
         weights["step"].assign(grid.step)
         weights["k_min"].assign(tf.cast(grid.k_min, tf.float32))
         weights["k_max"].assign(tf.cast(grid.k_max, tf.float32))
@@ -140,10 +91,11 @@ class ECQxWeightQuantizer(tfmot_quantizers.Quantizer):
 
     def codes(self, kernel: tf.Tensor, weights: dict[str, tf.Variable]) -> tf.Tensor:
         """Integer codes k* of the kernel under the current assignment (relevance-corrected with ECQx)."""
-        if self.relevance is None:
-            return assign.ecq_codes(kernel, self.grid(weights), self.lambda_, weights["size_factor"])
+        settings = self.settings
+        if not settings.ecqx:
+            return assign.ecq_codes(kernel, self.grid(weights), settings.lambda_, weights["size_factor"])
         return assign.ecqx_codes(
-            kernel, self.grid(weights), self.lambda_, weights["relevance"], self.p, weights["size_factor"]
+            kernel, self.grid(weights), settings.lambda_, weights["relevance"], settings.p, weights["size_factor"]
         )
 
     @staticmethod
@@ -177,30 +129,25 @@ class ECQxWeightQuantizer(tfmot_quantizers.Quantizer):
             w_q = weights[FROZEN_VALUES]
         else:
             inputs = self.check_finite(inputs, weights)
-            if training and self.relevance is not None:
+            if training and self.settings.ecqx:
                 with tf.control_dependencies([self.spend_relevance(weights)]):
                     inputs = tf.identity(inputs)
             w_q = tf.cast(self.codes(inputs, weights), inputs.dtype) * grid.step
-            w_q = straight_through(inputs, w_q, self.gradient)
+            w_q = straight_through(inputs, w_q, self.settings.gradient)
         # Pins the int8 TFLite export to scale = step, so the stored int8 values are exactly the codes.
         limit = INT8_NARROW_MAX * grid.step
         return tf.quantization.fake_quant_with_min_max_vars(w_q, -limit, limit, num_bits=8, narrow_range=True)
 
     def get_config(self) -> dict[str, Any]:
-        return {
-            "bits": self.bits,
-            "lambda_": self.lambda_,
-            "gradient": self.gradient,
-            "relevance": self.relevance,
-            "p": self.p,
-        }
+        return {"settings": self.settings.get_config()}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> ECQxWeightQuantizer:
-        return cls(**config)
+        """The quantizer of a config; tf_ecqx 0.1.0 stored the settings' fields flat."""
+        return cls(ECQxSettings.from_config(config.get("settings", config)))
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, ECQxWeightQuantizer) and self.get_config() == other.get_config()
+        return isinstance(other, ECQxWeightQuantizer) and self.settings == other.settings
 
     def __ne__(self, other: object) -> bool:
         return not self == other

@@ -19,7 +19,9 @@ from tensorflow_model_optimization.python.core.quantization.keras.default_8bit.d
 )
 
 from tf_ecqx._keras import keras
-from tf_ecqx.quantization.configs import KERNEL_ATTRS, ECQxQuantizeConfig
+from tf_ecqx.layers import KERNEL_ATTRS
+from tf_ecqx.quantization.configs import ECQxQuantizeConfig
+from tf_ecqx.quantization.settings import ECQxSettings
 
 
 class ECQxQuantizeRegistry(Default8BitQuantizeRegistry):
@@ -29,17 +31,17 @@ class ECQxQuantizeRegistry(Default8BitQuantizeRegistry):
     parameters and gets an 8-bit output quantizer, so models with such layers still export to full integer.
     """
 
-    def __init__(self, **quantizer_kwargs: Any):
+    def __init__(self, settings: ECQxSettings):
         super().__init__()
         self._layer_quantize_map[keras.layers.BatchNormalization] = Default8BitOutputQuantizeConfig()
-        self._quantizer_kwargs = quantizer_kwargs
+        self.settings = settings
 
     def supports(self, layer: keras.layers.Layer) -> bool:
         return type(layer) in KERNEL_ATTRS or super().supports(layer)
 
     def get_quantize_config(self, layer: keras.layers.Layer) -> Any:
         if type(layer) in KERNEL_ATTRS:
-            return ECQxQuantizeConfig.for_layer(layer, **self._quantizer_kwargs)
+            return ECQxQuantizeConfig.for_layer(layer, self.settings)
         return super().get_quantize_config(layer)
 
 
@@ -67,14 +69,14 @@ class ECQxQuantizeLayoutTransform(tfmot_layout.Default8BitQuantizeLayoutTransfor
 
 
 class ECQxQuantizeScheme(Default8BitQuantizeScheme):
-    """The scheme `quantize_apply` uses: ECQx kernels with `quantizer_kwargs` (bits, lambda_, gradient)."""
+    """The scheme `quantize_apply` uses: ECQx kernels as `settings` say (defaults if None), tfmot's 8-bit elsewhere."""
 
-    def __init__(self, **quantizer_kwargs: Any):
+    def __init__(self, settings: ECQxSettings | None = None):
         super().__init__()
-        self._quantizer_kwargs = quantizer_kwargs
+        self.settings = settings or ECQxSettings()
 
     def get_quantize_registry(self) -> ECQxQuantizeRegistry:
-        return ECQxQuantizeRegistry(**self._quantizer_kwargs)
+        return ECQxQuantizeRegistry(self.settings)
 
     def get_layout_transformer(self) -> ECQxQuantizeLayoutTransform:
         return ECQxQuantizeLayoutTransform(self.get_quantize_registry())

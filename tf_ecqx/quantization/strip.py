@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from tf_ecqx._keras import keras
-from tf_ecqx.quantization.api import quantize_scope, quantized_kernels
+from tf_ecqx.layers import wrapper_weights
+from tf_ecqx.quantization.api import quantize_scope
+from tf_ecqx.quantization.kernels import quantized_kernels
 
 WRAPPER_CLASSES = {"QuantizeWrapper", "QuantizeWrapperV2"}
 INPUT_QUANTIZER_CLASS = "QuantizeLayer"
@@ -83,7 +85,7 @@ def strip(qmodel: keras.Model) -> keras.Model:
             # tfmot swaps the wrapped kernel attribute for a tensor, which untracks the kernel variable from the inner
             # layer: collect the inner layer's values by variable name from both places.
             values = {_short_name(w): w.numpy() for w in layer.layer.weights}
-            values.update({_short_name(w): w.numpy() for w, _, _ in layer._weight_vars})
+            values.update({_short_name(w): w.numpy() for w, _, _ in wrapper_weights(layer)})
             if layer.layer.name in quantized:
                 kernel = quantized[layer.layer.name]
                 values[_short_name(kernel.kernel)] = kernel.values().numpy()

@@ -3,7 +3,6 @@
 Steps name the tensors they read and write by id, so the forward and the reverse (relevance) pass can both walk them.
 tfmot QAT wrappers are looked through: a step holds the wrapped layer and remembers the wrapper (for its quantized
 kernel); tfmot's input QuantizeLayer is kept as a step and treated as identity by the LRP pass.
-`layer_class` is the one place that says which class a layer counts as.
 """
 
 from __future__ import annotations
@@ -11,19 +10,10 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import QuantizeLayer
 from tensorflow_model_optimization.python.core.quantization.keras.quantize_wrapper import QuantizeWrapper
 
 from tf_ecqx._keras import keras
-
-TFMOT_CLASSES = (QuantizeLayer, QuantizeWrapper)
-
-
-def layer_class(layer: keras.layers.Layer) -> type:
-    """The class LRP handles `layer` as: tfmot's QuantizeLayer or QuantizeWrapper for any of their subclasses (those
-    tf_ecqx loads saved models with, QuantizeWrapperV2), else exactly type(layer). Keras layer kinds match exactly on
-    purpose: a subclass may compute something else (Conv2DTranspose is a Conv2D, SeparableConv2D a Conv)."""
-    return next((base for base in TFMOT_CLASSES if isinstance(layer, base)), type(layer))
+from tf_ecqx.layers import layer_class
 
 
 @dataclass(frozen=True)

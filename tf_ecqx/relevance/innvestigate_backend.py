@@ -3,7 +3,7 @@
 iNNvestigate 2.1.2 needs eager execution disabled, which is process-wide, so it runs in its own Python process
 (`_innvestigate_worker.py`, started as a script so that it imports neither tf_ecqx nor anything eager). Requests and
 replies are pickled over the worker's stdin/stdout. The model travels as JSON config + weights: `analyze` takes plain
-tf_keras models that output logits (for a QAT model, `tf_ecqx.strip(qmodel)`); `weight_relevances` strips by itself.
+tf_keras models that output logits (for a QAT model, `tf_ecqx.strip(qmodel)`).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from tf_ecqx._keras import keras
+from tf_ecqx.layers import TFMOT_CLASSES, layer_class
 from tf_ecqx.relevance.composites import COMPOSITES, INNVESTIGATE_EPSILON
-from tf_ecqx.relevance.graph import TFMOT_CLASSES, layer_class
 from tf_ecqx.relevance.lrp import weight_relevances_from_outputs
 
 WORKER = Path(__file__).with_name("_innvestigate_worker.py")
@@ -91,6 +91,7 @@ class InnvestigateBackend:
         analyzer: str = "lrp.epsilon",
         neuron_selection: np.ndarray | None = None,
         weight_epsilon: float | None = None,
+        plain: keras.Model | None = None,
         **analyzer_kwargs: Any,
     ) -> dict[str, np.ndarray]:
         """Per-weight relevances of every Dense/Conv kernel, with iNNvestigate's `analyzer` as the reverse pass.
@@ -98,19 +99,22 @@ class InnvestigateBackend:
         iNNvestigate gives the relevance at each kernel layer's output; the ε weight rule of lrp() turns it into one
         relevance per kernel weight (`weight_relevances_from_outputs`), averaged over the batch like lrp().weights.
         So for rules both implement, the result equals `lrp(model, x, y, analyzer).weights`, same keys.
-        model: plain tf_keras or tf_ecqx QAT (iNNvestigate gets `tf_ecqx.strip(model)`, the weight rule reads the
-        quantized kernels). weight_epsilon: ε of the weight rule; None = the analyzer's ε, as for the lrp.* composites:
-        an `epsilon` in analyzer_kwargs, else that of our composite of the same name, else iNNvestigate's default 1e-7.
+        model: plain tf_keras or tf_ecqx QAT (the weight rule reads its quantized kernels). plain: the model
+        iNNvestigate analyzes, `tf_ecqx.strip(model)` for a QAT model (default: model itself if it has no tfmot
+        layer). weight_epsilon: ε of the weight rule; None = the analyzer's ε, as for the lrp.* composites: an
+        `epsilon` in analyzer_kwargs, else that of our composite of the same name, else iNNvestigate's default 1e-7.
         neuron_selection and analyzer_kwargs as in `analyze`.
         """
         if weight_epsilon is None:
             named = COMPOSITES[analyzer].weight_epsilon if analyzer in COMPOSITES else INNVESTIGATE_EPSILON
             weight_epsilon = analyzer_kwargs.get("epsilon", named)
-        plain = model
-        if any(layer_class(layer) in TFMOT_CLASSES for layer in model.layers):
-            from tf_ecqx.quantization.strip import strip  # here: quantization may import relevance
-
-            plain = strip(model)
+        if plain is None:
+            if any(layer_class(layer) in TFMOT_CLASSES for layer in model.layers):
+                raise ValueError(
+                    f"Model {model.name!r} is a QAT model, which iNNvestigate cannot analyze: pass "
+                    "plain=tf_ecqx.strip(model) (the same model with plain layers and quantized kernels)."
+                )
+            plain = model
         x = np.asarray(x, np.float32)
         _, outputs = self._request(plain, x, analyzer, neuron_selection, analyzer_kwargs, layers=True)
         return weight_relevances_from_outputs(model, x, outputs, weight_epsilon)

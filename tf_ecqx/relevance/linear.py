@@ -16,15 +16,9 @@ from tensorflow_model_optimization.python.core.quantization.keras.quantize_aware
 )
 
 from tf_ecqx._keras import keras
-from tf_ecqx.relevance.graph import Step, layer_class
+from tf_ecqx.layers import KERNEL_ATTRS, layer_class, wrapper_weights
+from tf_ecqx.relevance.graph import Step
 from tf_ecqx.relevance.rules import Linear
-
-KERNEL_ATTRS = {
-    keras.layers.Dense: "kernel",
-    keras.layers.Conv1D: "kernel",
-    keras.layers.Conv2D: "kernel",
-    keras.layers.DepthwiseConv2D: "depthwise_kernel",
-}
 
 
 def kind(layer: keras.layers.Layer) -> str:
@@ -43,7 +37,7 @@ def check_linear(layer: keras.layers.Layer) -> None:
 def weight(step: Step, attr: str) -> tf.Tensor:
     """The layer weight `attr` as the forward pass uses it: through the wrapper's quantizer if it has one."""
     if step.wrapper is not None:
-        for variable, quantizer, quantizer_vars in step.wrapper._weight_vars:  # tfmot keeps (var, quantizer, state)
+        for variable, quantizer, quantizer_vars in wrapper_weights(step.wrapper):  # tfmot keeps (var, quantizer, state)
             if variable.name.split("/")[-1].split(":")[0] == attr:
                 return quantizer(variable, False, quantizer_vars)
     return tf.convert_to_tensor(getattr(step.layer, attr))

@@ -27,9 +27,10 @@ import tensorflow as tf
 from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import QuantizeLayer
 
 from tf_ecqx._keras import keras
+from tf_ecqx.layers import KERNEL_ATTRS, layer_class
 from tf_ecqx.relevance.composites import Composite, get_composite
-from tf_ecqx.relevance.graph import Graph, Step, layer_class, trace
-from tf_ecqx.relevance.linear import KERNEL_ATTRS, activation, check_linear, fold_batch_norm, kind, linear
+from tf_ecqx.relevance.graph import Graph, Step, trace
+from tf_ecqx.relevance.linear import activation, check_linear, fold_batch_norm, kind, linear
 from tf_ecqx.relevance.rules import Linear, Pass, Rule, safe_divide, stabilize
 
 OUTPUTS = ("output", "ones", "probability")

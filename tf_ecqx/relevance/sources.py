@@ -8,6 +8,7 @@ from tf_ecqx.relevance.composites import COMPOSITES
 
 INNVESTIGATE_PREFIX = "innvestigate:"
 NATIVE, INNVESTIGATE = "native", "innvestigate"
+DEFAULT_RELEVANCE = "epsilon_plus_flat_bn_pass"  # the ECQx reference's composite
 
 
 class RelevanceSource(NamedTuple):
@@ -18,12 +19,12 @@ class RelevanceSource(NamedTuple):
 
 
 def relevance_source(spec: str) -> RelevanceSource:
-    """Parse `quantize_model(relevance=...)`: "epsilon_plus_flat", "lrp.epsilon_plus_flat" or "innvestigate:lrp.z_plus".
+    """Parse a relevance source: "epsilon_plus_flat", "lrp.epsilon_plus_flat" or "innvestigate:lrp.z_plus".
 
     A name of ours may carry iNNvestigate's "lrp." prefix; an unknown name raises a ValueError listing the known ones.
     """
     if not isinstance(spec, str):
-        raise ValueError(f"relevance={spec!r} must be a string naming an LRP composite, or None for plain ECQ.")
+        raise ValueError(f"relevance={spec!r} must be a string naming an LRP composite.")
     if spec.startswith(INNVESTIGATE_PREFIX):
         analyzer = spec[len(INNVESTIGATE_PREFIX) :]
         if not analyzer.startswith("lrp."):
@@ -37,5 +38,5 @@ def relevance_source(spec: str) -> RelevanceSource:
             return RelevanceSource(NATIVE, name)
     raise ValueError(
         f"relevance={spec!r} is not a known LRP composite; use one of {', '.join(COMPOSITES)} (optionally with the "
-        f"'lrp.' prefix), '{INNVESTIGATE_PREFIX}<analyzer>' for iNNvestigate, or None for plain ECQ."
+        f"'lrp.' prefix), or '{INNVESTIGATE_PREFIX}<analyzer>' for iNNvestigate."
     )

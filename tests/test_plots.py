@@ -1,4 +1,4 @@
-"""report.plot_relevance: a readable PNG grid of input-relevance heatmaps, and clear errors for what it cannot plot."""
+"""plots.plot_relevance: a readable PNG grid of input-relevance heatmaps, and clear errors for what it cannot plot."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from matplotlib.image import imread
 
 import tf_ecqx
 from tf_ecqx._keras import keras
-from tf_ecqx.report import plot_relevance
+from tf_ecqx.plots import plot_relevance
 
 
 @pytest.fixture(scope="module")

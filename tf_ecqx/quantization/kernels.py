@@ -1,0 +1,77 @@
+"""The ECQx-quantized kernels of a QAT model: reading them (`quantized_kernels`), fitting their grids, and freezing
+their quantized values for export. Everything that needs a model's kernels (callbacks, reports, export, the
+bitstream, tools) goes through `quantized_kernels`."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import NamedTuple
+
+import tensorflow as tf
+from tensorflow_model_optimization.python.core.quantization.keras.quantize_wrapper import QuantizeWrapper
+
+from tf_ecqx._keras import keras
+from tf_ecqx.ecq.assign import size_factor
+from tf_ecqx.layers import wrapper_weights
+from tf_ecqx.quantization.quantizers import FROZEN_VALUES, ECQxWeightQuantizer
+from tf_ecqx.quantization.settings import ECQxSettings
+
+
+class QuantizedKernel(NamedTuple):
+    """One ECQx-quantized kernel of a QAT model: its wrapper, float shadow variable, quantizer and quantizer state."""
+
+    wrapper: QuantizeWrapper
+    kernel: tf.Variable
+    quantizer: ECQxWeightQuantizer
+    state: dict[str, tf.Variable]
+
+    @property
+    def layer_name(self) -> str:
+        return self.wrapper.layer.name
+
+    @property
+    def settings(self) -> ECQxSettings:
+        return self.quantizer.settings
+
+    def codes(self) -> tf.Tensor:
+        """Integer codes of the kernel under the current assignment."""
+        return self.quantizer.codes(self.kernel, self.state)
+
+    def values(self) -> tf.Tensor:
+        """The quantized kernel, codes * step, exactly as the forward pass computes it (float32)."""
+        return tf.cast(self.codes(), tf.float32) * self.state["step"]
+
+
+def quantized_kernels(qmodel: keras.Model) -> Iterator[QuantizedKernel]:
+    """Every ECQx-quantized kernel of a QAT model, in layer order (empty for a model without any)."""
+    for layer in qmodel.layers:
+        if isinstance(layer, QuantizeWrapper):
+            for kernel, quantizer, state in wrapper_weights(layer):
+                if isinstance(quantizer, ECQxWeightQuantizer):
+                    yield QuantizedKernel(layer, kernel, quantizer, state)
+
+
+@contextlib.contextmanager
+def frozen_kernels(qmodel: keras.Model) -> Iterator[None]:
+    """While active, functions traced from qmodel use each kernel's current quantized values as constants.
+
+    For export: the TFLite converter then gets constant int8 filters and never has to fold the assignment (which it
+    cannot for every op the ECQx beta uses). Nothing in the model changes; functions traced before or after are normal.
+    """
+    kernels = list(quantized_kernels(qmodel))
+    try:
+        for k in kernels:
+            k.state[FROZEN_VALUES] = tf.constant(k.values())
+        yield
+    finally:
+        for k in kernels:
+            k.state.pop(FROZEN_VALUES, None)
+
+
+def initialize_grids(qmodel: keras.Model) -> None:
+    """Fit every kernel's grid to its current (pretrained) values and set the layer-size factors d_l."""
+    kernels = list(quantized_kernels(qmodel))
+    largest = max((int(tf.size(k.kernel)) for k in kernels), default=1)
+    for k in kernels:
+        k.quantizer.initialize(k.kernel, k.state, size_factor(int(tf.size(k.kernel)), largest))

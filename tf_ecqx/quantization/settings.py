@@ -1,0 +1,96 @@
+"""ECQxSettings: how kernels are quantized, made and checked once and passed whole to scheme, configs and quantizers.
+
+Like tfmot's scheme objects: `quantize_model` builds one from its arguments; `ECQxQuantizeScheme(settings)`,
+`ECQxQuantizeConfig(..., settings=settings)` and `ECQxWeightQuantizer(settings)` take it as it is. Which LRP composite
+computes the relevances of ECQx is not a quantizer setting: `RelevanceCallback(data, relevance=...)` holds it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from typing import Any
+
+import numpy as np
+
+from tf_ecqx.ecq.bits import check_bits
+
+# One default for the API, the CLI and the demo: sparse 2-5 bit models that keep accuracy on the benchmarks.
+DEFAULT_LAMBDA = 0.2
+# Above 1 almost every weight is zero already; the cap keeps the layer lambda far from float32 overflow.
+MAX_LAMBDA = 100.0
+GRADIENT_RULES = ("reference", "ste")
+
+
+def _is_number(value: object) -> bool:
+    """A real number (Python or numpy), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_lambda(lambda_: float) -> float:
+    """lambda_ as float if it is a number in [0, 100], else a ValueError that says what is allowed."""
+    if not _is_number(lambda_) or not math.isfinite(lambda_) or not 0 <= lambda_ <= MAX_LAMBDA:
+        raise ValueError(
+            f"lambda_={lambda_!r} is not allowed: the entropy weight must be a finite number in [0, {MAX_LAMBDA:g}] "
+            "(0 = nearest-level rounding, about 0.05-0.3 for sparse models, 1 = almost all zero)."
+        )
+    return float(lambda_)
+
+
+def check_gradient(gradient: str) -> str:
+    """gradient if it names a known straight-through rule."""
+    if gradient not in GRADIENT_RULES:
+        raise ValueError(f"gradient={gradient!r} is not known; use one of {GRADIENT_RULES}.")
+    return gradient
+
+
+def check_p(p: float) -> float:
+    """p as float if it is a number in [0, 1] (the sparsity ECQx may give back relative to ECQ)."""
+    if not _is_number(p) or not 0.0 <= p <= 1.0:
+        raise ValueError(f"p={p!r} is not allowed: it is the sparsity LRP may give back, in [0, 1] (0.1 usual).")
+    return float(p)
+
+
+def check_flag(name: str, value: object) -> bool:
+    """value if it is a bool (numpy bools included)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name}={value!r} must be True or False.")
+    return bool(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class ECQxSettings:
+    """The quantization of a kernel (docs/method.md §2-§5), validated on creation.
+
+    bits: 2-8. lambda_: entropy pressure, 0 = nearest-level rounding, larger = sparser. gradient: "reference" (EC2T,
+    gradient x |centroid| on nonzero levels) or "ste". ecqx: correct the zero cost by weight relevances, which
+    `RelevanceCallback` refreshes during fit. p: the sparsity ECQx may give back relative to ECQ.
+    """
+
+    bits: int = 4
+    lambda_: float = DEFAULT_LAMBDA
+    gradient: str = "reference"
+    ecqx: bool = False
+    p: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name, value in (
+            ("bits", check_bits(self.bits)),
+            ("lambda_", check_lambda(self.lambda_)),
+            ("gradient", check_gradient(self.gradient)),
+            ("ecqx", check_flag("ecqx", self.ecqx)),
+            ("p", check_p(self.p)),
+        ):
+            object.__setattr__(self, name, value)  # numpy scalars become Python numbers
+
+    def get_config(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> ECQxSettings:
+        """The settings of a config; configs saved by tf_ecqx 0.1.0 named the composite ("relevance") instead."""
+        config = dict(config)
+        if "relevance" in config:
+            config["ecqx"] = config.pop("relevance") is not None
+        return cls(**config)

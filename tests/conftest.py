@@ -21,6 +21,8 @@ FAST_MODULES = {
     "test_quantization",
     "test_bad_input",
     "test_files",
+    "test_architecture",
+    "test_export_inputs",
 }
 
 

@@ -19,7 +19,7 @@ from hypothesis.extra import numpy as hnp
 import tf_ecqx
 from tf_ecqx._keras import keras
 from tf_ecqx.export import BitstreamError, DecodedLayer, decode, encode, encode_layers, load_into, save
-from tf_ecqx.export.bitstream import CRC, MAGIC, PREAMBLE, VERSION, _code_model, _compress, _varint
+from tf_ecqx.export.container import CRC, MAGIC, PREAMBLE, VERSION, _code_model, _compress, _varint
 from tf_ecqx.models import compile_for_classification
 from tf_ecqx.quantization.kernels import quantized_kernels
 from tf_ecqx.report import code_entropy

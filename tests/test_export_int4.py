@@ -5,7 +5,7 @@ import pytest
 from conftest import small_cnn
 
 import tf_ecqx
-from tf_ecqx.export import ExportError, flatbuffer, tflite, to_tflite
+from tf_ecqx.export import ExportError, flatbuffer, int4, to_tflite
 from tf_ecqx.export.runtimes import run_litert
 from tf_ecqx.models import compile_for_classification
 
@@ -87,7 +87,7 @@ def test_a_filter_with_code_plus_8_stays_int8_and_says_why():
     weight = flatbuffer.WeightTensor(
         "FULLY_CONNECTED", 0, "fc", np.array([[8, -7, 0, 1]], np.int8), np.ones(1, np.float32), False
     )
-    assert "reach +8" in tflite._int4_blocker(weight, packable=False)
+    assert "reach +8" in int4._int4_blocker(weight, packable=False)
 
 
 def test_int4_export_is_refused_for_more_than_4_bits_sparse_and_micro(float_model, qmodel, fashion, tmp_path):
@@ -110,7 +110,7 @@ def test_int4_conv_filters_would_change_xnnpack_outputs_and_the_export_names_the
     """Packing the CONV_2D / DEPTHWISE_CONV_2D filters too: XNNPACK leaves them to the builtin kernel, outputs change,
     and the export refuses, naming the operators."""
     train, test = fashion
-    monkeypatch.setattr(tflite, "_litert_int4_blocker", lambda weight: None)
+    monkeypatch.setattr(int4, "_litert_int4_blocker", lambda weight: None)
     with pytest.raises(ExportError, match=r"default settings \(XNNPACK\).*\((DEPTHWISE_)?CONV_2D\): .* LSB") as error:
         to_tflite(qmodel, tmp_path / "m.tflite", train.x[:100], weight_dtype="int4", verification_data=test.x[:300])
     assert "FULLY_CONNECTED" not in str(error.value).split("do this alone:")[1]

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from conftest import small_cnn
 
 import tf_ecqx
@@ -87,7 +88,7 @@ def test_a_changed_kernel_is_caught(trained_models, fashion, tmp_path):
         "CONV_2D", 0, "x", np.zeros((16, 3, 3, 1), np.int8) + 1, np.ones(1, np.float32), False
     )
     with pytest.raises(ExportError, match="does not hold its ECQ codes"):
-        tf_ecqx.export.tflite._check_kernel(kernel, tensor, tensor.values - 1)
+        tf_ecqx.export.verification._check_kernel(kernel, tensor, tensor.values - 1)
 
 
 def test_bad_export_arguments(trained_models, tmp_path):
@@ -141,3 +142,23 @@ def test_sparse_storage_is_kept_only_where_it_is_smaller(fashion, tmp_path):
         run_litert(dense.path.read_bytes(), test.x[:100], builtin_only=True)[0],
         run_litert(sparse.path.read_bytes(), test.x[:100], builtin_only=True)[0],
     )
+
+
+def test_the_dense_conversion_is_made_once_per_model_state(trained_models, fashion, tmp_path, monkeypatch):
+    """to_tflite's targets (and size_table, the CLI) share one dense conversion until the weights change."""
+    train, test = fashion
+    qmodel = trained_models["demo"]
+    calls = []
+    convert = tf.lite.TFLiteConverter.from_keras_model
+    monkeypatch.setattr(tf.lite.TFLiteConverter, "from_keras_model", lambda model: calls.append(1) or convert(model))
+    for target in ("micro", "mobile"):
+        to_tflite(qmodel, tmp_path / f"{target}.tflite", train.x[:64], target=target, verification_data=test.x[:32])
+    assert len(calls) == 2  # one dense conversion shared, plus the sparse one of the mobile target
+    kernel = next(tf_ecqx.quantized_kernels(qmodel))
+    saved = kernel.kernel.numpy()
+    try:
+        kernel.kernel.assign(saved * 1.5)
+        to_tflite(qmodel, tmp_path / "again.tflite", train.x[:64], target="micro", verification_data=test.x[:32])
+    finally:
+        kernel.kernel.assign(saved)
+    assert len(calls) == 3  # changed weights: converted anew

@@ -37,8 +37,8 @@ import tf_ecqx  # noqa: E402
 from tf_ecqx._keras import keras  # noqa: E402
 from tf_ecqx.datasets import Split, fashion_mnist  # noqa: E402
 from tf_ecqx.export import flatbuffer  # noqa: E402
+from tf_ecqx.export.conversion import convert_int8  # noqa: E402
 from tf_ecqx.export.runtimes import run_litert  # noqa: E402
-from tf_ecqx.export.tflite import convert_int8  # noqa: E402
 from tf_ecqx.models import compile_for_classification, trained_float_model  # noqa: E402
 from tf_ecqx.report import code_entropy, model_totals  # noqa: E402
 

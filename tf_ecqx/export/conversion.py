@@ -1,0 +1,65 @@
+"""Full-integer int8 conversion of a QAT model. The dense conversion is made once per model state and shared by
+every export of it (to_tflite's targets, size_table, the CLI): the TFLite converter is the slow part of an export."""
+
+from __future__ import annotations
+
+import hashlib
+import weakref
+
+import numpy as np
+import tensorflow as tf
+from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import QuantizeLayer
+
+from tf_ecqx._keras import keras
+from tf_ecqx.quantization.kernels import frozen_kernels
+
+# model -> (fingerprint of its weights, the calibration and float_io; the dense int8 flatbuffer)
+_DENSE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def check_calibrated(qmodel: keras.Model) -> None:
+    """Refuse a QAT model that never ran fit: its input range is still tfmot's initial [0, 0], so every int8 input
+    would be zero and the exported model would output a constant (which would even 'agree' with Keras)."""
+    for layer in qmodel.layers:
+        if isinstance(layer, QuantizeLayer):
+            low, high = (w.numpy() for w in layer.weights if w.name.endswith(("_min:0", "_max:0")))
+            if low == high:
+                raise ValueError(
+                    f"qmodel was never trained: the input range of {layer.name!r} is still [{low}, {high}] (tfmot "
+                    "calibrates activation ranges during fit). Fine-tune it with model.fit (a few steps suffice) "
+                    "before exporting."
+                )
+
+
+def convert_int8(qmodel: keras.Model, calibration: np.ndarray, sparse: bool, float_io: bool = False) -> bytes:
+    """Full-integer int8 TFLite of a QAT model (tf_ecqx's, or any tfmot QAT/float model), calibrated on samples."""
+    converter = tf.lite.TFLiteConverter.from_keras_model(qmodel)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if sparse:
+        converter.optimizations.append(tf.lite.Optimize.EXPERIMENTAL_SPARSITY)
+    converter.representative_dataset = lambda: ([sample[None]] for sample in calibration)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    if not float_io:
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    with frozen_kernels(qmodel):
+        return converter.convert()
+
+
+def _fingerprint(qmodel: keras.Model, calibration: np.ndarray, float_io: bool) -> str:
+    """A digest of what the conversion depends on: every weight of the model, the calibration samples, float_io."""
+    digest = hashlib.sha256(np.ascontiguousarray(calibration).tobytes())
+    digest.update(bytes([float_io]))
+    for weight in qmodel.weights:
+        digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
+    return digest.hexdigest()
+
+
+def dense_int8(qmodel: keras.Model, calibration: np.ndarray, float_io: bool = False) -> bytes:
+    """convert_int8(qmodel, calibration, sparse=False, float_io), reused while the model's weights stay the same."""
+    key = _fingerprint(qmodel, calibration, float_io)
+    cached = _DENSE.get(qmodel)
+    if cached is None or cached[0] != key:
+        cached = (key, convert_int8(qmodel, calibration, sparse=False, float_io=float_io))
+        _DENSE[qmodel] = cached
+    return cached[1]

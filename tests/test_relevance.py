@@ -10,7 +10,7 @@ from sklearn.datasets import load_digits
 import tf_ecqx
 from tf_ecqx._keras import keras
 from tf_ecqx.relevance import COMPOSITES, AlphaBeta, Composite, Epsilon, Flat, get_composite, lrp
-from tf_ecqx.relevance.lrp import compiled_lrp
+from tf_ecqx.relevance.propagation import compiled_lrp
 
 layers = keras.layers
 TINY_EPSILON = Composite(dense=Epsilon(1e-9), conv=Epsilon(1e-9), weight_epsilon=1e-9)

@@ -15,7 +15,7 @@ from test_relevance_parity import TOLERANCE, cnn_max_pooling, max_relative_diffe
 import tf_ecqx
 from tf_ecqx._keras import keras
 from tf_ecqx.relevance import Composite, Epsilon, lrp
-from tf_ecqx.relevance.lrp import weight_relevances_from_outputs
+from tf_ecqx.relevance.propagation import weight_relevances_from_outputs
 
 backend = parity.backend  # the module-scoped fixture: one worker for this module
 digits = parity.digits  # fixture: 16 real digits and their classes

@@ -16,7 +16,7 @@ from tf_ecqx.quantization.kernels import QuantizedKernel, quantized_kernels
 from tf_ecqx.quantization.strip import strip
 from tf_ecqx.relevance.composites import get_composite
 from tf_ecqx.relevance.innvestigate_backend import InnvestigateBackend
-from tf_ecqx.relevance.lrp import OUTPUTS, compiled_lrp
+from tf_ecqx.relevance.propagation import OUTPUTS, compiled_lrp
 from tf_ecqx.relevance.sources import DEFAULT_RELEVANCE, INNVESTIGATE, relevance_source
 from tf_ecqx.report import layer_stats, model_totals
 

@@ -15,7 +15,7 @@ from tf_ecqx._keras import keras
 from tf_ecqx.files import atomic_path
 from tf_ecqx.quantization.kernels import quantized_kernels
 from tf_ecqx.relevance.composites import Composite
-from tf_ecqx.relevance.lrp import checked_input, lrp
+from tf_ecqx.relevance.propagation import checked_input, lrp
 from tf_ecqx.report import LayerStats
 
 

@@ -28,7 +28,7 @@ from tf_ecqx.datasets import fashion_mnist  # noqa: E402
 from tf_ecqx.models import trained_float_model  # noqa: E402
 from tf_ecqx.quantization.kernels import quantized_kernels  # noqa: E402
 from tf_ecqx.relevance import InnvestigateBackend, get_composite  # noqa: E402
-from tf_ecqx.relevance.lrp import compiled_lrp  # noqa: E402
+from tf_ecqx.relevance.propagation import compiled_lrp  # noqa: E402
 
 
 def max_relative_difference(ours: dict[str, np.ndarray], theirs: dict[str, np.ndarray], layers: set[str]) -> float:

@@ -2,7 +2,7 @@
 
 from tf_ecqx.relevance.composites import COMPOSITES, Composite, get_composite
 from tf_ecqx.relevance.innvestigate_backend import InnvestigateBackend
-from tf_ecqx.relevance.lrp import OUTPUTS, Relevances, lrp
+from tf_ecqx.relevance.propagation import OUTPUTS, Relevances, lrp
 from tf_ecqx.relevance.rules import AlphaBeta, Epsilon, Flat, Pass, Rule, WSquare, ZPlus
 
 __all__ = [

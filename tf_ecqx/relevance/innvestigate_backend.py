@@ -21,7 +21,7 @@ import numpy as np
 from tf_ecqx._keras import keras
 from tf_ecqx.layers import TFMOT_CLASSES, layer_class
 from tf_ecqx.relevance.composites import COMPOSITES, INNVESTIGATE_EPSILON
-from tf_ecqx.relevance.lrp import weight_relevances_from_outputs
+from tf_ecqx.relevance.propagation import weight_relevances_from_outputs
 
 WORKER = Path(__file__).with_name("_innvestigate_worker.py")
 

@@ -19,8 +19,10 @@ KERNEL_ATTRS: dict[type, str] = {
     keras.layers.Dense: "kernel",
     keras.layers.Conv1D: "kernel",
     keras.layers.Conv2D: "kernel",
+    keras.layers.Conv2DTranspose: "kernel",
     keras.layers.DepthwiseConv2D: "depthwise_kernel",
 }
+KERNEL_KINDS = ", ".join(kind.__name__ for kind in KERNEL_ATTRS)  # for messages
 TFMOT_CLASSES = (QuantizeLayer, QuantizeWrapper)
 
 

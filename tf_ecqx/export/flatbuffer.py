@@ -10,7 +10,8 @@ import flatbuffers
 import numpy as np
 from tensorflow.lite.python import schema_py_generated as schema
 
-WEIGHT_OPS = {"CONV_2D": 1, "DEPTHWISE_CONV_2D": 1, "FULLY_CONNECTED": 1}  # op name -> index of its filter input
+# op name -> index of its filter input
+WEIGHT_OPS = {"CONV_2D": 1, "DEPTHWISE_CONV_2D": 1, "FULLY_CONNECTED": 1, "TRANSPOSE_CONV": 1}
 NUMPY_TYPES = {
     schema.TensorType.INT8: np.int8,
     schema.TensorType.INT32: np.int32,

@@ -36,6 +36,8 @@ def tflite_layout(codes: np.ndarray, layer: keras.layers.Layer) -> np.ndarray:
         return np.transpose(codes, (2, 0, 1))[:, None]
     if kind is keras.layers.Conv2D:
         return np.transpose(codes, (3, 0, 1, 2))
+    if kind is keras.layers.Conv2DTranspose:  # Keras (h, w, out, in), TFLite (out, h, w, in)
+        return np.transpose(codes, (2, 0, 1, 3))
     if kind is keras.layers.Dense:
         return codes.T
     raise ExportError(f"Layer {layer.name!r} ({kind.__name__}): tf_ecqx does not know its TFLite filter layout.")

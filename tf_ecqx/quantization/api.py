@@ -12,18 +12,19 @@ from tensorflow_model_optimization.python.core.quantization.keras import quantiz
 from tensorflow_model_optimization.python.core.quantization.keras.quantize_annotate import QuantizeAnnotate
 
 from tf_ecqx._keras import keras
-from tf_ecqx.layers import KERNEL_ATTRS
+from tf_ecqx.layers import KERNEL_ATTRS, KERNEL_KINDS
 from tf_ecqx.quantization.configs import ECQxQuantizeConfig
 from tf_ecqx.quantization.kernels import initialize_grids, quantized_kernels
 from tf_ecqx.quantization.loading_fixes import LOADING_OBJECTS
 from tf_ecqx.quantization.model_checks import ExcludeSpec, check_model, check_supported, excluded_layer_names
 from tf_ecqx.quantization.quantizers import ECQxWeightQuantizer
-from tf_ecqx.quantization.scheme import ECQxQuantizeRegistry, ECQxQuantizeScheme
+from tf_ecqx.quantization.scheme import ActivationQuantizeConfig, ECQxQuantizeRegistry, ECQxQuantizeScheme
 from tf_ecqx.quantization.settings import ECQxSettings
 
 CUSTOM_OBJECTS = {
     "ECQxWeightQuantizer": ECQxWeightQuantizer,
     "ECQxQuantizeConfig": ECQxQuantizeConfig,
+    "ActivationQuantizeConfig": ActivationQuantizeConfig,
 }
 
 
@@ -43,8 +44,8 @@ def quantize_annotate_layer(layer: keras.layers.Layer, quantize_config: Any = No
 
 def _nothing_to_quantize(model: keras.Model) -> ValueError:
     return ValueError(
-        f"Model {model.name!r} has no kernel that ECQx quantizes (Dense, Conv1D, Conv2D, DepthwiseConv2D or a layer "
-        "annotated with ECQxQuantizeConfig); check `exclude`."
+        f"Model {model.name!r} has no kernel that ECQx quantizes ({KERNEL_KINDS}, or a layer annotated with "
+        "ECQxQuantizeConfig); check `exclude`."
     )
 
 

@@ -9,6 +9,7 @@ from tensorflow_model_optimization.python.core.quantization.keras.quantize_annot
 from tensorflow_model_optimization.python.core.quantization.keras.quantize_wrapper import QuantizeWrapper
 
 from tf_ecqx._keras import keras
+from tf_ecqx.layers import KERNEL_KINDS
 
 ExcludeSpec = Iterable[str | type]
 
@@ -90,9 +91,9 @@ def check_supported(layer: keras.layers.Layer, supported: bool) -> None:
     if isinstance(layer, (keras.layers.InputLayer, QuantizeAnnotate)) or supported:
         return
     raise ValueError(
-        f"Layer {layer.name!r} ({type(layer).__name__}) cannot be quantized by tf_ecqx: it is neither a Dense/Conv1D/"
-        "Conv2D/DepthwiseConv2D layer nor a layer tfmot's 8-bit scheme knows. Keep it in float with "
-        f"quantize_model(..., exclude=[{layer.name!r}]), or annotate it with "
+        f"Layer {layer.name!r} ({type(layer).__name__}) cannot be quantized by tf_ecqx: it is neither a layer whose "
+        f"kernel ECQx quantizes ({KERNEL_KINDS}) nor one with nothing to quantize that tf_ecqx knows. Keep it in "
+        f"float with quantize_model(..., exclude=[{layer.name!r}]), or annotate it with "
         "quantize_annotate_layer(layer, ECQxQuantizeConfig([...kernel attrs], [...activation attrs])) and call "
         "quantize_apply inside tf_ecqx.quantize_scope()."
     )

@@ -12,28 +12,65 @@ from tensorflow_model_optimization.python.core.quantization.keras.default_8bit.d
     NoOpQuantizeConfig,
 )
 from tensorflow_model_optimization.python.core.quantization.keras.default_8bit.default_8bit_quantize_registry import (
+    Default8BitActivationQuantizeConfig,
     Default8BitQuantizeRegistry,
 )
 from tensorflow_model_optimization.python.core.quantization.keras.default_8bit.default_8bit_quantize_scheme import (
     Default8BitQuantizeScheme,
 )
+from tensorflow_model_optimization.python.core.quantization.keras.quantizers import MovingAverageQuantizer
 
 from tf_ecqx._keras import keras
 from tf_ecqx.layers import KERNEL_ATTRS
 from tf_ecqx.quantization.configs import ECQxQuantizeConfig
 from tf_ecqx.quantization.settings import ECQxSettings
 
+layers = keras.layers
+# Layers with nothing to quantize that tfmot's registry does not list, by what a full-integer export needs of them:
+# nothing (their output keeps the input's quantization), or an 8-bit quantized output (they compute new values; a
+# BatchNormalization that tfmot's transforms do not fold keeps float parameters).
+KEEP_INPUT_QUANTIZATION = (layers.MaxPooling1D, layers.MaxPooling3D, layers.ZeroPadding3D)
+QUANTIZED_OUTPUT = (
+    layers.BatchNormalization,
+    layers.AveragePooling3D,
+    layers.UpSampling1D,
+    layers.UpSampling3D,
+    layers.Rescaling,
+    layers.Normalization,
+    layers.Multiply,
+    layers.Subtract,
+    layers.Average,
+    layers.Maximum,
+    layers.Minimum,
+)
+# Activations TFLite computes with a fixed output range (tfmot adds no quantizer after them).
+FIXED_RANGE_ACTIVATIONS = ("linear", "softmax", "sigmoid", "tanh")
+
+
+class ActivationQuantizeConfig(Default8BitActivationQuantizeConfig):
+    """tfmot's config for Activation layers, which refuses activations it does not list (hard_sigmoid, hard_swish,
+    elu, ...): every activation without a fixed TFLite output range gets an 8-bit output quantizer."""
+
+    def get_output_quantizers(self, layer: keras.layers.Layer) -> list:
+        name = getattr(layer.activation, "__name__", None)
+        if not self.quantize_output or name in FIXED_RANGE_ACTIVATIONS:
+            return []
+        return [MovingAverageQuantizer(num_bits=8, per_axis=False, symmetric=False, narrow_range=False)]
+
 
 class ECQxQuantizeRegistry(Default8BitQuantizeRegistry):
-    """tfmot's default 8-bit registry, except that Dense/Conv1D/Conv2D/DepthwiseConv2D kernels get ECQx.
-
-    A BatchNormalization that tfmot's transforms do not fold (one not right after a Conv2D/Dense) keeps float
-    parameters and gets an 8-bit output quantizer, so models with such layers still export to full integer.
+    """tfmot's default 8-bit registry, except that the kernels of the layer kinds in layers.KERNEL_ATTRS get ECQx, and
+    the layers with nothing to quantize that tfmot does not list (pooling, padding, upsampling of any rank, Rescaling,
+    Normalization, element-wise merges, any activation) pass through with what a full-integer export needs.
     """
 
     def __init__(self, settings: ECQxSettings):
         super().__init__()
-        self._layer_quantize_map[keras.layers.BatchNormalization] = Default8BitOutputQuantizeConfig()
+        for kind in KEEP_INPUT_QUANTIZATION:
+            self._layer_quantize_map[kind] = NoOpQuantizeConfig()
+        for kind in QUANTIZED_OUTPUT:
+            self._layer_quantize_map[kind] = Default8BitOutputQuantizeConfig()
+        self._layer_quantize_map[layers.Activation] = ActivationQuantizeConfig()
         self.settings = settings
 
     def supports(self, layer: keras.layers.Layer) -> bool:

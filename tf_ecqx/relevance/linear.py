@@ -20,6 +20,9 @@ from tf_ecqx.layers import KERNEL_ATTRS, layer_class, wrapper_weights
 from tf_ecqx.relevance.graph import Step
 from tf_ecqx.relevance.rules import Linear
 
+# The kernel layers LRP decomposes (of those layers.KERNEL_ATTRS quantizes; Conv2DTranspose has no rule yet).
+LINEAR_KINDS = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
+
 
 def kind(layer: keras.layers.Layer) -> str:
     """The layer kind a Composite picks the rule by: "dense" or "conv"."""

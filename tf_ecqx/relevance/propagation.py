@@ -27,10 +27,10 @@ import tensorflow as tf
 from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import QuantizeLayer
 
 from tf_ecqx._keras import keras
-from tf_ecqx.layers import KERNEL_ATTRS, layer_class
+from tf_ecqx.layers import layer_class
 from tf_ecqx.relevance.composites import Composite, get_composite
 from tf_ecqx.relevance.graph import Graph, Step, trace
-from tf_ecqx.relevance.linear import activation, check_linear, fold_batch_norm, kind, linear
+from tf_ecqx.relevance.linear import LINEAR_KINDS, activation, check_linear, fold_batch_norm, kind, linear
 from tf_ecqx.relevance.rules import Linear, Pass, Rule, safe_divide, stabilize
 
 OUTPUTS = ("output", "ones", "probability")
@@ -44,32 +44,44 @@ PASS_LAYERS = (
     layers.Dropout,
     layers.SpatialDropout1D,
     layers.SpatialDropout2D,
+    layers.SpatialDropout3D,
     layers.BatchNormalization,
+    layers.Rescaling,
+    layers.Normalization,
     QuantizeLayer,
 )
 GRADIENT_LAYERS = (
     layers.MaxPooling1D,
     layers.MaxPooling2D,
+    layers.MaxPooling3D,
     layers.GlobalMaxPooling1D,
     layers.GlobalMaxPooling2D,
+    layers.GlobalMaxPooling3D,
     layers.Flatten,
     layers.Reshape,
     layers.Permute,
     layers.ZeroPadding1D,
     layers.ZeroPadding2D,
+    layers.ZeroPadding3D,
     layers.Cropping1D,
     layers.Cropping2D,
+    layers.Cropping3D,
+    layers.UpSampling1D,
+    layers.UpSampling2D,
+    layers.UpSampling3D,
     layers.Concatenate,
 )
 PROPORTIONAL_LAYERS = (
     layers.Add,
     layers.AveragePooling1D,
     layers.AveragePooling2D,
+    layers.AveragePooling3D,
     layers.GlobalAveragePooling1D,
     layers.GlobalAveragePooling2D,
+    layers.GlobalAveragePooling3D,
 )
 MERGE_LAYERS = (layers.Add, layers.Concatenate)
-SUPPORTED = (*KERNEL_ATTRS, *PASS_LAYERS, *GRADIENT_LAYERS, *PROPORTIONAL_LAYERS)
+SUPPORTED = (*LINEAR_KINDS, *PASS_LAYERS, *GRADIENT_LAYERS, *PROPORTIONAL_LAYERS)
 
 
 class Relevances(NamedTuple):
@@ -106,12 +118,14 @@ def _plan(graph: Graph, composite: Composite) -> _Plan:
         if cls not in SUPPORTED:
             names = ", ".join(sorted({supported.__name__ for supported in SUPPORTED}))
             raise ValueError(
-                f"Layer {layer.name!r} ({type(layer).__name__}) is not supported by LRP; supported layers: {names}."
+                f"Layer {layer.name!r} ({type(layer).__name__}) is not supported by LRP (it needs a relevance rule of "
+                f"its own); supported layers: {names}. Train such a model with ECQ (ecqx=False), or exclude the "
+                "layer from the model you explain."
             )
-        if cls in KERNEL_ATTRS:
+        if cls in LINEAR_KINDS:
             check_linear(layer)
             rules[index] = composite.rule(kind(layer), first=not any(i in after_linear for i in step.inputs))
-        if cls in KERNEL_ATTRS or any(i in after_linear for i in step.inputs):
+        if cls in LINEAR_KINDS or any(i in after_linear for i in step.inputs):
             after_linear.add(step.output)
         if cls is layers.BatchNormalization and composite.bn == "canonize":
             folded[_foldable_into(graph, producer, step)] = index
@@ -124,7 +138,7 @@ def _foldable_into(graph: Graph, producer: dict[str, int], bn_step: Step) -> int
     before = graph.steps[source].layer if source is not None else None
     if (
         before is None
-        or layer_class(before) not in KERNEL_ATTRS
+        or layer_class(before) not in LINEAR_KINDS
         or activation(before) not in (tf.identity, keras.activations.linear)
         or graph.readers[bn_step.inputs[0]] != 1
     ):

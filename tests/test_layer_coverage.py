@@ -1,0 +1,103 @@
+"""Models beyond Dense/Conv2D stacks, on real Fashion-MNIST: a keyword-spotting-style Conv1D net (images read as 28-step
+sequences of 28 features), an EfficientNet-style block (Rescaling, swish, squeeze-excite Multiply, hard_sigmoid) and
+a Conv2DTranspose net each go quantize -> fit -> save/load -> resume -> LiteRT and TFLM export -> bitstream."""
+
+import numpy as np
+import pytest
+
+import tf_ecqx
+from tf_ecqx._keras import keras
+from tf_ecqx.models import compile_for_classification
+
+layers = keras.layers
+
+
+def keyword_spotting_net() -> keras.Model:
+    inputs = keras.Input((28, 28, 1))
+    x = layers.Reshape((28, 28))(inputs)
+    x = layers.Conv1D(16, 3, activation="relu", name="conv_a")(x)
+    x = layers.MaxPooling1D(name="pool")(x)
+    x = layers.Conv1D(32, 3, activation="relu", name="conv_b")(x)
+    x = layers.GlobalMaxPooling1D()(x)
+    return keras.Model(inputs, layers.Dense(10, name="logits")(x), name="keyword_spotting")
+
+
+def efficientnet_block() -> keras.Model:
+    inputs = keras.Input((28, 28, 1))
+    x = layers.Rescaling(2.0, offset=-1.0)(inputs)
+    x = layers.Conv2D(16, 3, strides=2, activation="swish", name="stem")(x)
+    gate = layers.GlobalAveragePooling2D(keepdims=True)(x)
+    gate = layers.Conv2D(4, 1, activation="swish", name="squeeze")(gate)
+    gate = layers.Conv2D(16, 1, name="excite")(gate)
+    gate = layers.Activation("hard_sigmoid")(gate)  # MobileNetV3's gate
+    x = layers.Multiply(name="scale")([x, gate])
+    x = layers.MaxPooling2D()(x)
+    x = layers.Flatten()(x)
+    return keras.Model(inputs, layers.Dense(10, name="logits")(x), name="efficientnet_block")
+
+
+def transposed_conv_net() -> keras.Model:
+    inputs = keras.Input((28, 28, 1))
+    x = layers.Conv2D(8, 3, strides=2, activation="relu", name="down")(inputs)
+    x = layers.Conv2DTranspose(8, 3, strides=2, activation="relu", name="up")(x)
+    x = layers.AveragePooling2D(4)(x)
+    x = layers.Flatten()(x)
+    return keras.Model(inputs, layers.Dense(10, name="logits")(x), name="transposed_conv")
+
+
+# model, whether LRP can explain it (ECQx), the LRP refusal otherwise
+MODELS = {
+    "keyword spotting Conv1D": (keyword_spotting_net, True),
+    "EfficientNet block": (efficientnet_block, False),
+    "Conv2DTranspose": (transposed_conv_net, False),
+}
+
+
+def callbacks(ecqx: bool, data) -> list:
+    return [tf_ecqx.RelevanceCallback(data)] if ecqx else []
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_the_whole_pipeline_runs_on_the_model(name, fashion_small, tmp_path):
+    build, ecqx = MODELS[name]
+    train, test = fashion_small
+    data = (train.x, train.y)
+    keras.utils.set_random_seed(0)
+    model = compile_for_classification(build())
+    model.fit(*data, batch_size=64, epochs=3, verbose=0)
+    float_accuracy = model.evaluate(test.x, test.y, verbose=0)[1]
+    qmodel = compile_for_classification(tf_ecqx.quantize_model(model, bits=4, lambda_=0.1, ecqx=ecqx))
+    qmodel.fit(*data, batch_size=64, epochs=1, callbacks=callbacks(ecqx, data), verbose=0)
+    kernels = {s.name: s for s in tf_ecqx.layer_stats(qmodel)}
+    weighted = {layer.name for layer in model.layers if layer.weights and not isinstance(layer, layers.Normalization)}
+    assert set(kernels) == weighted, "every kernel is ECQ-quantized, none left in float or to another scheme"
+    assert all(s.distinct_codes <= 16 and s.sparsity > 0 for s in kernels.values())
+    assert float_accuracy > 0.6 and qmodel.evaluate(test.x, test.y, verbose=0)[1] > float_accuracy - 0.05
+
+    qmodel.save(tmp_path / "qat.keras")
+    with tf_ecqx.quantize_scope():
+        loaded = compile_for_classification(keras.models.load_model(tmp_path / "qat.keras"))
+    codes = [k.codes().numpy() for k in tf_ecqx.quantized_kernels(qmodel)]
+    assert all(np.array_equal(a, k.codes().numpy()) for a, k in zip(codes, tf_ecqx.quantized_kernels(loaded)))
+    loaded.fit(
+        train.x[1024:1280], train.y[1024:1280], batch_size=64, epochs=1, callbacks=callbacks(ecqx, data), verbose=0
+    )
+
+    for target in ("mobile", "micro"):
+        result = tf_ecqx.export.to_tflite(
+            loaded, tmp_path / f"{target}.tflite", train.x[:200], target=target, verification_data=test.x[:300]
+        )
+        assert {c.layer for c in result.kernels} == set(kernels)
+        assert result.argmax_agreement >= 0.9, (target, result.argmax_agreement)
+    tf_ecqx.export.save(loaded, tmp_path / "kernels.ecqx")
+    decoded = tf_ecqx.export.decode((tmp_path / "kernels.ecqx").read_bytes())
+    for layer, kernel in zip(decoded, tf_ecqx.quantized_kernels(loaded), strict=True):
+        np.testing.assert_array_equal(layer.codes, kernel.codes().numpy())
+
+
+@pytest.mark.parametrize("name", [name for name, (_, explainable) in MODELS.items() if not explainable])
+def test_ecqx_on_a_layer_lrp_cannot_explain_is_a_clear_error(name, fashion_small):
+    train, _ = fashion_small
+    qmodel = compile_for_classification(tf_ecqx.quantize_model(MODELS[name][0](), bits=4, ecqx=True))
+    with pytest.raises(ValueError, match=r"is not supported by LRP .*ecqx=False"):
+        qmodel.fit(train.x[:64], train.y[:64], callbacks=[tf_ecqx.RelevanceCallback((train.x, train.y))], verbose=0)

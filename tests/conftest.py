@@ -12,8 +12,8 @@ import pytest
 from tf_ecqx import datasets
 from tf_ecqx._keras import keras
 
-# The fast tier (`make test-fast`, `pytest -m fast`): the numeric core, the quantization API, file writing and the
-# bad-input matrix. `make test` runs everything, these included.
+# The fast tier (`make test-fast`, `pytest -m fast`): the numeric core, the quantization API, file writing, the
+# architecture and the bad-input matrix, less the tests marked slow. `make test` runs everything.
 FAST_MODULES = {
     "test_ecq_grid",
     "test_ecq_assign",
@@ -22,13 +22,12 @@ FAST_MODULES = {
     "test_bad_input",
     "test_files",
     "test_architecture",
-    "test_export_inputs",
 }
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if item.module.__name__ in FAST_MODULES:
+        if item.module.__name__ in FAST_MODULES and item.get_closest_marker("slow") is None:
             item.add_marker(pytest.mark.fast)
 
 

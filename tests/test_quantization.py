@@ -24,6 +24,7 @@ def assert_on_grid(qmodel: keras.Model) -> None:
         assert kernel.state["k_min"].numpy() <= codes.min() and codes.max() <= kernel.state["k_max"].numpy()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bits", [2, 3, 4, 5, 8])
 def test_fit_on_fashion_mnist_keeps_kernels_on_the_grid(bits, fashion_small):
     train, _ = fashion_small
@@ -36,6 +37,7 @@ def test_fit_on_fashion_mnist_keeps_kernels_on_the_grid(bits, fashion_small):
     assert {s.bits for s in tf_ecqx.layer_stats(qmodel)} == {bits}
 
 
+@pytest.mark.slow
 def test_sparsity_rises_with_lambda_after_training(fashion_small):
     train, _ = fashion_small
     sparsities = []
@@ -49,6 +51,7 @@ def test_sparsity_rises_with_lambda_after_training(fashion_small):
     assert sparsities[0] < sparsities[1] < sparsities[2]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch_norm,residual", [(True, False), (False, True), (True, True)])
 def test_batchnorm_residual_pooling_dropout_models_quantize_and_train(batch_norm, residual, fashion_small):
     train, test = fashion_small

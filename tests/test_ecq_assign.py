@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
@@ -103,6 +103,9 @@ kernels = arrays(
 
 @settings(max_examples=60, deadline=None)
 @given(w=kernels, bits=st.integers(2, 8), lam=st.floats(0, 2))
+# found by CI: two zeros and 156 ones at 2 bit make P_3 = P_0 = 1/2, which float32 rounding turned into a tiny
+# information gap and so an enormous lambda_max
+@example(w=np.array([0.0] * 2 + [1.0] * 156, np.float32), bits=2, lam=1.0)
 def test_assignment_is_the_exact_argmin_of_the_cost(w, bits, lam):
     grid = init_grid(w, bits)
     codes = assign.ecq_codes(w, grid, lam).numpy()

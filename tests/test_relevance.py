@@ -290,9 +290,9 @@ def test_qat_model_uses_quantized_kernels(digits, bn):
 
 def test_unsupported_layer_is_named():
     inputs = keras.Input((4, 4, 1))
-    x = layers.UpSampling2D(name="upsample")(inputs)
+    x = layers.Conv2DTranspose(2, 3, name="transposed")(inputs)
     model = keras.Model(inputs, layers.Dense(3)(layers.Flatten()(x)))
-    with pytest.raises(ValueError, match=r"'upsample' \(UpSampling2D\) is not supported"):
+    with pytest.raises(ValueError, match=r"'transposed' \(Conv2DTranspose\) is not supported by LRP"):
         lrp(model, np.ones((1, 4, 4, 1)))
 
 

@@ -18,6 +18,8 @@ from tf_ecqx.ecq.order import kth_smallest
 ZERO_PRIOR = 0.5
 SIZE_DECAY_OFFSET = 0.05
 RELEVANCE_EPSILON = 1e-12
+# Information gaps below this (bits) are float32 rounding of equal probabilities: no lambda flips such a weight.
+MIN_INFO_GAP = 1e-5
 
 
 class Assignment(NamedTuple):
@@ -68,7 +70,8 @@ def lambda_max(w: tf.Tensor, codes: tf.Tensor, info: tf.Tensor, grid: Grid) -> t
     """The lambda at which the most negative and the most positive weight would just flip to zero.
 
     lambda_n = (w_min^2 - (w_min - c_a)^2) / (I_a - I_0) with c_a the nearest level of w_min, lambda_p likewise for
-    w_max; the result is their maximum. A side whose extreme weight already rounds to zero contributes 0.
+    w_max; the result is their maximum. A side whose extreme weight already rounds to zero, or whose level is as
+    probable as zero (I_a = I_0 up to float32 rounding: no lambda flips it), contributes 0.
     (The reference code misplaces the squares; this is the formula that follows from the cost.)
     """
     i_zero = tf.gather(info, -grid.k_min)
@@ -77,7 +80,7 @@ def lambda_max(w: tf.Tensor, codes: tf.Tensor, info: tf.Tensor, grid: Grid) -> t
         level = tf.cast(code, tf.float32) * grid.step
         gain = tf.square(extreme) - tf.square(extreme - level)
         info_gap = tf.gather(info, code - grid.k_min) - i_zero
-        usable = tf.logical_and(tf.not_equal(code, 0), tf.math.is_finite(info_gap))
+        usable = tf.logical_and(tf.not_equal(code, 0), tf.math.is_finite(info_gap) & (info_gap > MIN_INFO_GAP))
         return tf.where(usable, tf.math.divide_no_nan(gain, tf.where(usable, info_gap, 1.0)), 0.0)
 
     flat_w, flat_codes = tf.reshape(w, [-1]), tf.reshape(codes, [-1])

@@ -9,6 +9,7 @@ import tf_ecqx
 from tf_ecqx._keras import keras
 from tf_ecqx.export import ExportError, flatbuffer, to_tflite
 from tf_ecqx.export.runtimes import run_litert, run_tflm
+from tf_ecqx.export.verification import agreement
 from tf_ecqx.models import compile_for_classification, demo_cnn
 
 
@@ -162,3 +163,13 @@ def test_the_dense_conversion_is_made_once_per_model_state(trained_models, fashi
     finally:
         kernel.kernel.assign(saved)
     assert len(calls) == 3  # changed weights: converted anew
+
+
+def test_outputs_far_from_the_keras_model_fail_the_export_however_the_argmax_falls():
+    rng = np.random.default_rng(0)
+    reference = rng.normal(size=(300, 10))
+    rounded = agreement(reference, reference + rng.uniform(-0.05, 0.05, reference.shape))
+    assert rounded.relative_error < 0.05 and rounded.argmax > 0.9
+    garbage = reference[::-1] + 0.5 * reference  # a wrong computation that often keeps the argmax
+    with pytest.raises(ExportError, match=r"differ from the Keras QAT model's by \d+% of their spread"):
+        agreement(reference, garbage)

@@ -22,12 +22,11 @@ def lut_compress(data: bytes, qmodel: keras.Model, checks: list[KernelCheck]) ->
     by_name = {t.name: t for t in flatbuffer.weight_tensors(model)}
     specs = compression.SpecBuilder()
     for kernel, check in zip(quantized_kernels(qmodel), checks):
-        mode = (
-            compression.spec.PerTensor()
-            if check.kind == "exact"
-            else compression.spec.PerChannel(axis=channel_axis(kernel.wrapper.layer))
-        )
-        specs.add_tensor(0, by_name[check.tensor].index).with_lut(index_bitwidth=kernel.settings.bits, mode=mode)
+        tensor = by_name[check.tensor]
+        # A per-tensor table for a per-channel quantized filter decodes garbage in TFLM (only channel 0 is right).
+        per_tensor = len(tensor.scales) == 1
+        mode = compression.spec.PerTensor() if per_tensor else compression.spec.PerChannel(axis=channel_axis(kernel))
+        specs.add_tensor(0, tensor.index).with_lut(index_bitwidth=kernel.settings.bits, mode=mode)
     return bytes(compression.compress(data, specs.build()))
 
 

@@ -45,6 +45,7 @@ class ExportResult:
     samples: int
     argmax_agreement: float  # fraction of samples whose argmax equals the Keras QAT model's
     max_abs_difference: float  # of dequantized outputs vs the Keras QAT model
+    relative_error: float  # RMS difference / spread of the Keras outputs (an export above 0.2 fails)
     notes: list[str] = field(default_factory=list)
     arena_bytes: int | None = None  # micro only, as the TFLM interpreter reports it
 
@@ -98,6 +99,17 @@ def to_tflite(
         elif sparse:
             data = sparse_model(qmodel, dense, calibration, float_io, samples, notes)
         _, outputs = run_litert(data, samples)
-    matching, difference = agreement(reference, outputs)
+    compared = agreement(reference, outputs)
     atomic_write(path, data)
-    return ExportResult(path, target, len(data), checks, len(samples), matching, difference, notes, arena)
+    return ExportResult(
+        path,
+        target,
+        len(data),
+        checks,
+        len(samples),
+        compared.argmax,
+        compared.max_abs_difference,
+        compared.relative_error,
+        notes,
+        arena,
+    )

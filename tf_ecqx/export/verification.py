@@ -10,6 +10,7 @@ import numpy as np
 
 from tf_ecqx._keras import keras
 from tf_ecqx.export import flatbuffer
+from tf_ecqx.layers import KERNEL_ATTRS
 from tf_ecqx.quantization.kernels import QuantizedKernel, quantized_kernels
 
 
@@ -27,25 +28,26 @@ class KernelCheck:
     max_values_per_channel: int
 
 
-def tflite_layout(codes: np.ndarray, layer: keras.layers.Layer) -> np.ndarray:
-    """Keras kernel layout -> TFLite filter layout (output channels first; depthwise channels last)."""
-    kind = type(layer)
-    if kind is keras.layers.DepthwiseConv2D:
-        return codes.reshape(1, *codes.shape[:2], -1)
-    if kind is keras.layers.Conv1D:
-        return np.transpose(codes, (2, 0, 1))[:, None]
-    if kind is keras.layers.Conv2D:
-        return np.transpose(codes, (3, 0, 1, 2))
-    if kind is keras.layers.Conv2DTranspose:  # Keras (h, w, out, in), TFLite (out, h, w, in)
-        return np.transpose(codes, (2, 0, 1, 3))
-    if kind is keras.layers.Dense:
+def tflite_layout(codes: np.ndarray, kernel: QuantizedKernel) -> np.ndarray:
+    """Keras kernel layout -> TFLite filter layout: output channels first, depthwise channels last; a 1-D
+    convolution's filter is the 2-D filter of height 1 the converter makes of it."""
+    kind = type(kernel.wrapper.layer)
+    if kind not in KERNEL_ATTRS:
+        raise ExportError(f"Layer {kernel.layer_name!r} ({kind.__name__}): tf_ecqx does not know its TFLite layout.")
+    if codes.ndim == 2:  # Dense (in, out)
         return codes.T
-    raise ExportError(f"Layer {layer.name!r} ({kind.__name__}): tf_ecqx does not know its TFLite filter layout.")
+    spatial = codes.shape[:-2]
+    if kernel.quantizer.depthwise:  # (*spatial, in, multiplier)
+        return codes.reshape(1, *(1,) * (2 - len(spatial)), *spatial, -1)
+    if kind in (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose):  # (*spatial, out, in)
+        codes = np.swapaxes(codes, -1, -2)
+    filters = np.moveaxis(codes, -1, 0)  # (out, *spatial, in)
+    return filters.reshape(filters.shape[0], *(1,) * (2 - len(spatial)), *filters.shape[1:])
 
 
-def channel_axis(layer: keras.layers.Layer) -> int:
-    """The output-channel axis of the layer's TFLite filter."""
-    return 3 if type(layer) is keras.layers.DepthwiseConv2D else 0
+def channel_axis(kernel: QuantizedKernel) -> int:
+    """The output-channel axis of the kernel's TFLite filter."""
+    return 3 if kernel.quantizer.depthwise else 0
 
 
 def _find_filter(kernel: QuantizedKernel, tensors: list[flatbuffer.WeightTensor], expected: np.ndarray):
@@ -59,24 +61,23 @@ def _find_filter(kernel: QuantizedKernel, tensors: list[flatbuffer.WeightTensor]
         if len(candidates) == 1:
             return candidates[0]
     raise ExportError(
-        f"Cannot identify the filter of layer {kernel.layer_name!r} in the converted model ({len(same_shape)} "
+        f"Cannot identify the filter of layer {kernel.name!r} in the converted model ({len(same_shape)} "
         f"filters of shape {expected.shape}); the converter changed the graph more than tf_ecqx can follow."
     )
 
 
 def _check_kernel(kernel: QuantizedKernel, tensor: flatbuffer.WeightTensor, expected: np.ndarray) -> KernelCheck:
-    layer = kernel.wrapper.layer
     stored = tensor.values
-    axis = channel_axis(layer)
+    axis = channel_axis(kernel)
     per_channel = np.moveaxis(stored, axis, 0).reshape(stored.shape[axis], -1)
     most_values = max(np.unique(row).size for row in per_channel)
     step = float(kernel.state["step"].numpy())
     if np.array_equal(stored, expected) and np.allclose(tensor.scales, step, rtol=1e-5):
-        return KernelCheck(kernel.layer_name, tensor.name, "exact", most_values)
+        return KernelCheck(kernel.name, tensor.name, "exact", most_values)
     if np.array_equal(stored == 0, expected == 0) and most_values <= 2**kernel.settings.bits:
-        return KernelCheck(kernel.layer_name, tensor.name, "folded", most_values)
+        return KernelCheck(kernel.name, tensor.name, "folded", most_values)
     raise ExportError(
-        f"The int8 filter {tensor.name!r} of layer {kernel.layer_name!r} does not hold its ECQ codes (scale "
+        f"The int8 filter {tensor.name!r} of layer {kernel.name!r} does not hold its ECQ codes (scale "
         f"{tensor.scales[:3]} vs step {step:.6g}; {int(np.sum((stored == 0) != (expected == 0)))} zeros moved). "
         "Was the model changed after training, or quantized with a tool other than tf_ecqx?"
     )
@@ -87,11 +88,36 @@ def check_kernels(qmodel: keras.Model, model: flatbuffer.schema.ModelT) -> list[
     tensors = flatbuffer.weight_tensors(model)
     checks = []
     for kernel in quantized_kernels(qmodel):
-        expected = tflite_layout(kernel.codes().numpy(), kernel.wrapper.layer)
+        expected = tflite_layout(kernel.codes().numpy(), kernel)
         checks.append(_check_kernel(kernel, _find_filter(kernel, tensors, expected), expected))
     return checks
 
 
-def agreement(reference: np.ndarray, outputs: np.ndarray) -> tuple[float, float]:
-    """Fraction of samples with the same argmax, and the largest absolute difference of the outputs."""
-    return float(np.mean(reference.argmax(-1) == outputs.argmax(-1))), float(np.max(np.abs(reference - outputs)))
+# The largest RMS error of an exported model's outputs against the Keras QAT model, relative to the outputs' spread
+# over the verification samples: int8 rounding gives a few percent; a graph the converter mistranslated gives ~100 %.
+MAX_RELATIVE_ERROR = 0.2
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How the exported model's outputs compare with the Keras QAT model's on the verification samples."""
+
+    argmax: float  # fraction of samples with the same argmax (near-ties may flip)
+    max_abs_difference: float
+    relative_error: float  # RMS difference / standard deviation of the Keras outputs
+
+
+def agreement(reference: np.ndarray, outputs: np.ndarray) -> Agreement:
+    """The outputs' agreement; an ExportError if their error is beyond int8 rounding (MAX_RELATIVE_ERROR)."""
+    difference = outputs.astype(np.float64) - reference
+    spread = float(np.std(reference))
+    relative = float(np.sqrt(np.mean(difference**2)) / spread) if spread > 0 else 0.0
+    same_argmax = float(np.mean(reference.argmax(-1) == outputs.argmax(-1)))
+    result = Agreement(same_argmax, float(np.abs(difference).max()), relative)
+    if relative > MAX_RELATIVE_ERROR:
+        raise ExportError(
+            f"The exported model's outputs differ from the Keras QAT model's by {relative:.0%} of their spread (RMS; "
+            f"int8 rounding gives a few percent), argmax agreement {result.argmax:.1%}: the TFLite converter "
+            "mistranslated the model. Nothing was written; please report it with the model's layer list."
+        )
+    return result

@@ -42,13 +42,37 @@ def straight_through(w: tf.Tensor, w_q: tf.Tensor, rule: str) -> tf.Tensor:
     return forward(w)
 
 
-class ECQxWeightQuantizer(tfmot_quantizers.Quantizer):
-    """Entropy-constrained quantization of one kernel as `settings` say (docs/method.md §2, §3, §5; ECQx: §4)."""
+def pin_int8_scale(w_q: tf.Tensor, step: tf.Tensor, depthwise: bool) -> tf.Tensor:
+    """w_q under an int8 fake quantization of scale = step (an identity on grid values), which pins the TFLite export
+    to that scale, so the stored int8 values are exactly the codes.
 
-    def __init__(self, settings: ECQxSettings | None = None):
+    A 2-D depthwise kernel (kh, kw, in, multiplier) gets it per output channel, all with the same scale: the converter
+    folds a following BatchNormalization correctly only into a per-channel quantized depthwise filter (with a
+    per-tensor range it quantizes the folded bias with the wrong input scale and the exported model is garbage).
+    1-D depthwise kernels stay per tensor: the converter cannot reshape a per-channel one into its 2-D filter.
+    """
+    limit = INT8_NARROW_MAX * step
+    if not depthwise or w_q.shape.rank != 4:
+        return tf.quantization.fake_quant_with_min_max_vars(w_q, -limit, limit, num_bits=8, narrow_range=True)
+    channels = w_q.shape[-2] * w_q.shape[-1]
+    per_channel = tf.reshape(w_q, [*w_q.shape[:-2], 1, channels])
+    per_channel = tf.quantization.fake_quant_with_min_max_vars_per_channel(
+        per_channel, tf.fill([channels], -limit), tf.fill([channels], limit), num_bits=8, narrow_range=True
+    )
+    return tf.reshape(per_channel, tf.shape(w_q))
+
+
+class ECQxWeightQuantizer(tfmot_quantizers.Quantizer):
+    """Entropy-constrained quantization of one kernel as `settings` say (docs/method.md §2, §3, §5; ECQx: §4).
+
+    depthwise: the kernel is a depthwise one (h, w, in, multiplier), which the export pins per channel.
+    """
+
+    def __init__(self, settings: ECQxSettings | None = None, depthwise: bool = False):
         if settings is not None and not isinstance(settings, ECQxSettings):
             raise TypeError(f"ECQxWeightQuantizer takes an ECQxSettings, got {type(settings).__name__}.")
         self.settings = settings or ECQxSettings()
+        self.depthwise = bool(depthwise)
 
     def build(self, tensor_shape: tf.TensorShape, name: str, layer: keras.layers.Layer) -> dict[str, tf.Variable]:
         def state(suffix: str, initial: float) -> tf.Variable:
@@ -134,20 +158,22 @@ class ECQxWeightQuantizer(tfmot_quantizers.Quantizer):
                     inputs = tf.identity(inputs)
             w_q = tf.cast(self.codes(inputs, weights), inputs.dtype) * grid.step
             w_q = straight_through(inputs, w_q, self.settings.gradient)
-        # Pins the int8 TFLite export to scale = step, so the stored int8 values are exactly the codes.
-        limit = INT8_NARROW_MAX * grid.step
-        return tf.quantization.fake_quant_with_min_max_vars(w_q, -limit, limit, num_bits=8, narrow_range=True)
+        return pin_int8_scale(w_q, grid.step, self.depthwise)
 
     def get_config(self) -> dict[str, Any]:
-        return {"settings": self.settings.get_config()}
+        return {"settings": self.settings.get_config(), "depthwise": self.depthwise}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> ECQxWeightQuantizer:
         """The quantizer of a config; tf_ecqx 0.1.0 stored the settings' fields flat."""
-        return cls(ECQxSettings.from_config(config.get("settings", config)))
+        return cls(ECQxSettings.from_config(config.get("settings", config)), config.get("depthwise", False))
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, ECQxWeightQuantizer) and self.settings == other.settings
+        return (
+            isinstance(other, ECQxWeightQuantizer)
+            and self.settings == other.settings
+            and self.depthwise == other.depthwise
+        )
 
     def __ne__(self, other: object) -> bool:
         return not self == other

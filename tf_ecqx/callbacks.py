@@ -160,10 +160,10 @@ class RelevanceCallback(keras.callbacks.Callback):
 
     def _store(self, relevances: dict[str, Any], keep: tf.Tensor, budget: tf.Tensor) -> None:
         for k in self._kernels:
-            if k.layer_name not in relevances:
-                raise ValueError(f"RelevanceCallback: LRP returned no relevance for layer {k.layer_name!r}.")
+            if k.name not in relevances:
+                raise ValueError(f"RelevanceCallback: LRP returned no relevance for layer {k.name!r}.")
             relevance = k.state["relevance"]
-            relevance.assign((1.0 - keep) * tf.cast(relevances[k.layer_name], tf.float32) + keep * relevance)
+            relevance.assign((1.0 - keep) * tf.cast(relevances[k.name], tf.float32) + keep * relevance)
             k.state["relevance_budget"].assign(budget)
 
     def _compile(self) -> None:

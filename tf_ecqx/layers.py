@@ -1,27 +1,39 @@
 """Facts about tf_keras and tfmot layers that quantization, relevance, export and the bitstream share, stated once.
 
-KERNEL_ATTRS: the layer kinds whose kernels ECQx quantizes, with the attribute that holds the kernel (matched by exact
-type: a subclass may compute something else, Conv2DTranspose is a Conv2D). `layer_class`: the class a layer counts
-as. `wrapper_weights`: tfmot's private per-wrapper state, read nowhere else.
+KERNEL_ATTRS: the layer kinds whose kernels ECQx quantizes, with the attributes that hold them (matched by exact type:
+a subclass may compute something else, Conv2DTranspose is a Conv2D). `kernel_name`: what a kernel is called in
+reports and the bitstream. TF_OP_LAYERS: the layers left unwrapped. `layer_class`: the class a layer counts as.
+`wrapper_weights`: tfmot's private per-wrapper state, read nowhere else.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import tensorflow as tf
 from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import QuantizeLayer
 from tensorflow_model_optimization.python.core.quantization.keras.quantize_wrapper import QuantizeWrapper
+from tf_keras.src.layers.core.tf_op_layer import SlicingOpLambda, TFOpLambda
 
 from tf_ecqx._keras import keras
 
-KERNEL_ATTRS: dict[type, str] = {
-    keras.layers.Dense: "kernel",
-    keras.layers.Conv1D: "kernel",
-    keras.layers.Conv2D: "kernel",
-    keras.layers.Conv2DTranspose: "kernel",
-    keras.layers.DepthwiseConv2D: "depthwise_kernel",
+KERNEL_ATTRS: dict[type, tuple[str, ...]] = {
+    keras.layers.Dense: ("kernel",),
+    keras.layers.Conv1D: ("kernel",),
+    keras.layers.Conv2D: ("kernel",),
+    keras.layers.Conv1DTranspose: ("kernel",),
+    keras.layers.Conv2DTranspose: ("kernel",),
+    keras.layers.DepthwiseConv1D: ("depthwise_kernel",),
+    keras.layers.DepthwiseConv2D: ("depthwise_kernel",),
+    # tfmot's layout transform splits it into a DepthwiseConv2D and a 1x1 Conv2D (of generated names) first, which the
+    # converter quantizes as TFLite runs them: kept whole, its unquantized intermediate made the int8 file disagree.
+    keras.layers.SeparableConv2D: ("depthwise_kernel", "pointwise_kernel"),
 }
+# The layers Keras makes of plain TensorFlow ops in a functional model (`x + 3.0`, `x[:, 0]`; MobileNetV3's hard-swish):
+# no weights, and their constants live in the call, which tfmot's wrapper cannot pass on. They stay unwrapped; the
+# converter quantizes their outputs from the calibration data.
+TF_OP_LAYERS = (TFOpLambda, SlicingOpLambda)
 KERNEL_KINDS = ", ".join(kind.__name__ for kind in KERNEL_ATTRS)  # for messages
 TFMOT_CLASSES = (QuantizeLayer, QuantizeWrapper)
 
@@ -32,9 +44,15 @@ def layer_class(layer: keras.layers.Layer) -> type:
     return next((base for base in TFMOT_CLASSES if isinstance(layer, base)), type(layer))
 
 
-def kernel_attr(layer: keras.layers.Layer) -> str | None:
-    """The attribute holding the kernel ECQx quantizes in a layer of a kind listed in KERNEL_ATTRS, else None."""
-    return KERNEL_ATTRS.get(type(layer))
+def kernel_attrs(layer: keras.layers.Layer) -> tuple[str, ...]:
+    """The attributes holding the kernels ECQx quantizes in a layer of a kind listed in KERNEL_ATTRS, else ()."""
+    return KERNEL_ATTRS.get(type(layer), ())
+
+
+def kernel_name(layer_name: str, attr: str, attrs: Sequence[str]) -> str:
+    """What a kernel is called in reports and the bitstream: its layer's name, or "layer/attribute" in a layer with
+    several kernels (SeparableConv's depthwise and pointwise kernels)."""
+    return layer_name if len(attrs) == 1 else f"{layer_name}/{attr}"
 
 
 def wrapper_weights(wrapper: QuantizeWrapper) -> list[tuple[tf.Variable, Any, dict[str, tf.Variable]]]:

@@ -116,7 +116,7 @@ def plot_code_histogram(qmodel: keras.Model, layer: str, path: str | Path) -> Pa
     """Save a PNG histogram of the integer codes of one quantized layer (log count axis: zero dominates)."""
     from matplotlib.figure import Figure
 
-    kernels = {k.layer_name: k for k in quantized_kernels(qmodel)}
+    kernels = {k.name: k for k in quantized_kernels(qmodel)}
     if layer not in kernels:
         raise ValueError(f"No quantized layer {layer!r}; quantized layers: {', '.join(kernels) or 'none'}.")
     kernel = kernels[layer]

@@ -47,7 +47,7 @@ def layer_stats(qmodel: keras.Model) -> list[LayerStats]:
         codes = kernel.codes().numpy()
         records.append(
             LayerStats(
-                name=kernel.layer_name,
+                name=kernel.name,
                 bits=kernel.settings.bits,
                 step=float(kernel.state["step"].numpy()),
                 n_weights=int(codes.size),

@@ -22,13 +22,13 @@ from tf_ecqx.export.container import (
     read_headers,
 )
 from tf_ecqx.files import atomic_write, check_writable
-from tf_ecqx.layers import kernel_attr
+from tf_ecqx.layers import kernel_attrs, kernel_name
 from tf_ecqx.quantization.kernels import QuantizedKernel, quantized_kernels
 
 
 def _layer_of(kernel: QuantizedKernel) -> DecodedLayer:
     return DecodedLayer(
-        name=kernel.layer_name,
+        name=kernel.name,
         bits=kernel.settings.bits,
         step=np.float32(kernel.state["step"].numpy()),
         k_min=int(kernel.state["k_min"].numpy()),
@@ -56,10 +56,16 @@ def save(qmodel: keras.Model, path: str | Path) -> None:
 VariableUpdate = tuple[tf.Variable, Any]
 
 
-def _plain_kernel(layer: keras.layers.Layer) -> tf.Variable | None:
-    """The kernel variable of a plain layer: the table's attribute for built-in kinds, "kernel" for custom layers."""
-    variable = getattr(layer, kernel_attr(layer) or "kernel", None)
-    return variable if isinstance(variable, tf.Variable) else None
+def _plain_kernels(model: keras.Model) -> dict[str, tf.Variable]:
+    """The kernel variables of a plain model by kernel name: the table's attributes for built-in kinds, "kernel" for
+    custom layers."""
+    kernels = {}
+    for layer in model.layers:
+        attrs = kernel_attrs(layer) or ("kernel",)
+        for attr in attrs:
+            if isinstance(variable := getattr(layer, attr, None), tf.Variable):
+                kernels[kernel_name(layer.name, attr, attrs)] = variable
+    return kernels
 
 
 def _shape_problems(layer: LayerHeader, variable: tf.Variable) -> list[str]:
@@ -142,14 +148,14 @@ def _mismatch_error(path: str | Path, model: keras.Model, problems: list[str]) -
 def load_into(model: keras.Model, path: str | Path, *, max_weights: int = DEFAULT_MAX_WEIGHTS) -> None:
     """Put the kernels of an ECQx bitstream into `model`, a QAT model (quantize_model) or a plain one (e.g. strip).
 
-    Plain model: each named layer's kernel (or depthwise_kernel) gets the decoded values. QAT model: the float shadow
+    Plain model: each named kernel (layers.kernel_name) gets the decoded values. QAT model: the float shadow
     kernel gets the values and the quantizer the file's grid, so `codes()` returns the file's codes exactly (see
     `_reproducing_size_factor`). The file's headers are checked (`max_weights` as in `decode`) and compared with the
     model before any payload is decoded, and every layer before anything is assigned: on any error nothing changes.
     """
     headers = read_headers(Path(path).read_bytes(), max_weights)
-    quantized = {k.layer_name: k for k in quantized_kernels(model)}
-    kernels = {layer.name: kernel for layer in model.layers if (kernel := _plain_kernel(layer)) is not None}
+    quantized = {k.name: k for k in quantized_kernels(model)}
+    kernels = _plain_kernels(model)
     problems = _qat_problems(quantized, headers) if quantized else _plain_problems(kernels, headers)
     if problems:
         raise _mismatch_error(path, model, problems)

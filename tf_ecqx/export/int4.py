@@ -27,7 +27,7 @@ def check_int4_request(qmodel: keras.Model, target: str, sparse: bool | None) ->
             "combine. Pass sparse=False (or leave sparse unset) with weight_dtype='int4'."
         )
     too_wide = [
-        f"{k.layer_name} ({k.settings.bits} bits)" for k in quantized_kernels(qmodel) if k.settings.bits > INT4_MAX_BITS
+        f"{k.name} ({k.settings.bits} bits)" for k in quantized_kernels(qmodel) if k.settings.bits > INT4_MAX_BITS
     ]
     if too_wide:
         raise ValueError(

@@ -12,7 +12,7 @@ from tensorflow_model_optimization.python.core.quantization.keras import quantiz
 from tensorflow_model_optimization.python.core.quantization.keras.quantize_annotate import QuantizeAnnotate
 
 from tf_ecqx._keras import keras
-from tf_ecqx.layers import KERNEL_ATTRS, KERNEL_KINDS
+from tf_ecqx.layers import KERNEL_ATTRS, KERNEL_KINDS, TF_OP_LAYERS
 from tf_ecqx.quantization.configs import ECQxQuantizeConfig
 from tf_ecqx.quantization.kernels import initialize_grids, quantized_kernels
 from tf_ecqx.quantization.loading_fixes import LOADING_OBJECTS
@@ -67,20 +67,20 @@ def quantize_apply(model: keras.Model, scheme: ECQxQuantizeScheme | None = None)
 
 def quantize_layers(model: keras.Model, settings: ECQxSettings, exclude: ExcludeSpec = ()) -> keras.Model:
     """A QAT clone of a built tf_keras model: every layer but those `exclude` names (or whose class it names)
-    annotated, then quantize_apply. Layers the user annotated keep their configs; a layer nothing can quantize is
-    refused with the fix named.
+    annotated (but TensorFlow-op layers, layers.TF_OP_LAYERS), then quantize_apply. Layers the user annotated keep
+    their configs; a layer nothing can quantize is refused with the fix named.
     """
     check_model(model)
     excluded = excluded_layer_names(model, exclude)
     registry = ECQxQuantizeRegistry(settings)
-    kept = [layer for layer in model.layers if layer.name not in excluded]
+    kept = [layer for layer in model.layers if layer.name not in excluded and not isinstance(layer, TF_OP_LAYERS)]
     for layer in kept:
         check_supported(layer, registry.supports(layer))
     if not any(isinstance(layer, QuantizeAnnotate) or type(layer) in KERNEL_ATTRS for layer in kept):
         raise _nothing_to_quantize(model)
 
     def annotate(layer: keras.layers.Layer) -> keras.layers.Layer:
-        if isinstance(layer, (keras.layers.InputLayer, QuantizeAnnotate)) or layer.name in excluded:
+        if isinstance(layer, (keras.layers.InputLayer, QuantizeAnnotate, *TF_OP_LAYERS)) or layer.name in excluded:
             return layer
         return QuantizeAnnotate(layer)
 

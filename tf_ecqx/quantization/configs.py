@@ -39,7 +39,14 @@ class ECQxQuantizeConfig(Default8BitQuantizeConfig):
     @classmethod
     def for_layer(cls, layer: keras.layers.Layer, settings: ECQxSettings) -> ECQxQuantizeConfig:
         """The config for a built-in layer kind listed in KERNEL_ATTRS."""
-        return cls([KERNEL_ATTRS[type(layer)]], ["activation"], False, settings)
+        return cls(KERNEL_ATTRS[type(layer)], ["activation"], False, settings)
+
+    def get_weights_and_quantizers(self, layer: keras.layers.Layer) -> list[tuple[Any, ECQxWeightQuantizer]]:
+        """Each kernel with its own quantizer (a SeparableConv has a depthwise and a pointwise kernel)."""
+        return [
+            (getattr(layer, attr), ECQxWeightQuantizer(self.settings, depthwise=attr == "depthwise_kernel"))
+            for attr in self.weight_attrs
+        ]
 
     def without_activation_quantization(self) -> ECQxQuantizeConfig:
         """The same kernel quantization, with no fake quantization of the layer's activation or output."""

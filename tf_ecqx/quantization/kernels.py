@@ -13,18 +13,21 @@ from tensorflow_model_optimization.python.core.quantization.keras.quantize_wrapp
 
 from tf_ecqx._keras import keras
 from tf_ecqx.ecq.assign import size_factor
-from tf_ecqx.layers import wrapper_weights
+from tf_ecqx.layers import kernel_name, wrapper_weights
 from tf_ecqx.quantization.quantizers import FROZEN_VALUES, ECQxWeightQuantizer
 from tf_ecqx.quantization.settings import ECQxSettings
 
 
 class QuantizedKernel(NamedTuple):
-    """One ECQx-quantized kernel of a QAT model: its wrapper, float shadow variable, quantizer and quantizer state."""
+    """One ECQx-quantized kernel of a QAT model: its wrapper, float shadow variable, quantizer and quantizer state,
+    the layer attribute it stands for and its name in reports and the bitstream (layers.kernel_name)."""
 
     wrapper: QuantizeWrapper
     kernel: tf.Variable
     quantizer: ECQxWeightQuantizer
     state: dict[str, tf.Variable]
+    attr: str
+    name: str
 
     @property
     def layer_name(self) -> str:
@@ -47,9 +50,12 @@ def quantized_kernels(qmodel: keras.Model) -> Iterator[QuantizedKernel]:
     """Every ECQx-quantized kernel of a QAT model, in layer order (empty for a model without any)."""
     for layer in qmodel.layers:
         if isinstance(layer, QuantizeWrapper):
-            for kernel, quantizer, state in wrapper_weights(layer):
+            weights = wrapper_weights(layer)
+            attrs = getattr(layer.quantize_config, "weight_attrs", None) or [f"weight_{i}" for i in range(len(weights))]
+            for (kernel, quantizer, state), attr in zip(weights, attrs):
                 if isinstance(quantizer, ECQxWeightQuantizer):
-                    yield QuantizedKernel(layer, kernel, quantizer, state)
+                    name = kernel_name(layer.layer.name, attr, attrs)
+                    yield QuantizedKernel(layer, kernel, quantizer, state, attr, name)
 
 
 @contextlib.contextmanager

@@ -27,16 +27,22 @@ from tf_ecqx.quantization.settings import ECQxSettings
 
 layers = keras.layers
 # Layers with nothing to quantize that tfmot's registry does not list, by what a full-integer export needs of them:
-# nothing (their output keeps the input's quantization), or an 8-bit quantized output (they compute new values; a
-# BatchNormalization that tfmot's transforms do not fold keeps float parameters).
-KEEP_INPUT_QUANTIZATION = (layers.MaxPooling1D, layers.MaxPooling3D, layers.ZeroPadding3D)
+# nothing (their output keeps the input's quantization, or, for the affine input preprocessing, the converter
+# calibrates it: with a trained 8-bit output range, Rescaling -> Conv2D(swish) converted 40 % off), or an 8-bit
+# quantized output (they compute new values; a BatchNormalization that tfmot's transforms do not fold keeps float
+# parameters).
+NO_FAKE_QUANTIZATION = (
+    layers.MaxPooling1D,
+    layers.MaxPooling3D,
+    layers.ZeroPadding3D,
+    layers.Rescaling,
+    layers.Normalization,
+)
 QUANTIZED_OUTPUT = (
     layers.BatchNormalization,
     layers.AveragePooling3D,
     layers.UpSampling1D,
     layers.UpSampling3D,
-    layers.Rescaling,
-    layers.Normalization,
     layers.Multiply,
     layers.Subtract,
     layers.Average,
@@ -66,7 +72,7 @@ class ECQxQuantizeRegistry(Default8BitQuantizeRegistry):
 
     def __init__(self, settings: ECQxSettings):
         super().__init__()
-        for kind in KEEP_INPUT_QUANTIZATION:
+        for kind in NO_FAKE_QUANTIZATION:
             self._layer_quantize_map[kind] = NoOpQuantizeConfig()
         for kind in QUANTIZED_OUTPUT:
             self._layer_quantize_map[kind] = Default8BitOutputQuantizeConfig()

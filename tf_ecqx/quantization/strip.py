@@ -7,7 +7,7 @@ from typing import Any
 from tf_ecqx._keras import keras
 from tf_ecqx.layers import wrapper_weights
 from tf_ecqx.quantization.api import quantize_scope
-from tf_ecqx.quantization.kernels import quantized_kernels
+from tf_ecqx.quantization.kernels import QuantizedKernel, quantized_kernels
 
 WRAPPER_CLASSES = {"QuantizeWrapper", "QuantizeWrapperV2"}
 INPUT_QUANTIZER_CLASS = "QuantizeLayer"
@@ -76,7 +76,9 @@ def strip(qmodel: keras.Model) -> keras.Model:
     Activations run in float: this is the model to inspect, fine-tune further in float or hand to other tools; the
     integer export reads the QAT model itself.
     """
-    quantized = {k.layer_name: k for k in quantized_kernels(qmodel)}
+    quantized: dict[str, list[QuantizedKernel]] = {}
+    for kernel in quantized_kernels(qmodel):
+        quantized.setdefault(kernel.layer_name, []).append(kernel)
     with quantize_scope():
         plain = type(qmodel).from_config(_plain_config(qmodel.get_config()))
     for layer in qmodel.layers:
@@ -86,8 +88,7 @@ def strip(qmodel: keras.Model) -> keras.Model:
             # layer: collect the inner layer's values by variable name from both places.
             values = {_short_name(w): w.numpy() for w in layer.layer.weights}
             values.update({_short_name(w): w.numpy() for w, _, _ in wrapper_weights(layer)})
-            if layer.layer.name in quantized:
-                kernel = quantized[layer.layer.name]
+            for kernel in quantized.get(layer.layer.name, []):
                 values[_short_name(kernel.kernel)] = kernel.values().numpy()
             target.set_weights([values[_short_name(w)] for w in target.weights])
         elif type(layer).__name__ != INPUT_QUANTIZER_CLASS and layer.weights:

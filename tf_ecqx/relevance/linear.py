@@ -77,7 +77,8 @@ def linear(step: Step) -> Linear:
     """z = conv(x, kernel) + bias of a linear step (channels last, so the bias broadcasts)."""
     layer = step.layer
     bias = weight(step, "bias") if layer.use_bias else None
-    return Linear(_conv(layer), weight(step, KERNEL_ATTRS[layer_class(layer)]), bias)
+    (kernel,) = KERNEL_ATTRS[layer_class(layer)]  # LINEAR_KINDS have one kernel each
+    return Linear(_conv(layer), weight(step, kernel), bias)
 
 
 def fold_batch_norm(op: Linear, linear_step: Step, bn_step: Step, rank: int) -> Linear:

@@ -130,3 +130,22 @@ def test_a_one_table_lut_on_a_batchnorm_folded_filter_fails_the_export_check(bn_
     assert not np.array_equal(run_tflm(data, sample, 1 << 22)[0], run_tflm(dense, sample)[0])
     with pytest.raises(ExportError, match=f"DECODE of filter '{folded.name}'"):
         check_decoded(data, {folded.name: folded.values})
+
+
+def test_micro_sizes_compare_each_encoding_alone_with_the_choice(bn_qmodel, fashion_small, unbudgeted):
+    from tf_ecqx.sizes import format_micro_table, micro_sizes
+
+    rows = {row.encoding: row for row in micro_sizes(bn_qmodel, fashion_small[0].x[:64])}
+    assert list(rows) == [
+        "dense int8",
+        "LUT alone",
+        "PRUNING alone",
+        "HUFFMAN alone",
+        "smallest per filter",
+        "smallest per filter, dense arena",
+    ]
+    chosen, dense = rows["smallest per filter"], rows["dense int8"]
+    assert all(chosen.flash <= row.flash for row in rows.values())
+    assert (chosen.flash, chosen.arena) == (unbudgeted.bytes, unbudgeted.arena_bytes)
+    assert rows["smallest per filter, dense arena"].arena <= dense.arena < chosen.arena
+    assert "HUFFMAN alone" in format_micro_table(list(rows.values()))

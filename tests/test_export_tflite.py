@@ -115,7 +115,7 @@ def test_size_table_lists_every_artifact_measured_from_the_written_files(trained
                 "float32": "float32 TFLite",
                 "int8": "int8 TFLite",
                 "sparse_int8": "sparse int8 TFLite",
-                "micro": "micro TFLite (int8 + LUT)",
+                "micro": "micro TFLite (TFLM, smallest encoding per filter)",
             }[name]
         ].bytes
     assert (tmp_path / "kernels.ecqx").stat().st_size == rows["bitstream (quantized kernels)"].bytes

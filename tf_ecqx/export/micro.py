@@ -170,6 +170,35 @@ def _choose(
     return chosen, dense
 
 
+def _filter_options(
+    dense: bytes, checks: list[KernelCheck]
+) -> tuple[dict[str, flatbuffer.WeightTensor], dict[str, dict[str, Encoded]]]:
+    """The checked filters of the dense file by tensor name, and each one's runnable encodings smaller than dense."""
+    model = flatbuffer.load(dense)
+    by_name = {t.name: t for t in flatbuffer.weight_tensors(model)}
+    tensors = model.subgraphs[0].tensors
+    return by_name, {
+        c.tensor: _options(by_name[c.tensor].values, _layout(tensors[by_name[c.tensor].index])) for c in checks
+    }
+
+
+def _arena_size(dense: bytes) -> int:
+    """The arena TFLM gets for measuring: room for every filter decoded, beyond TFLM's 10x-the-file default."""
+    return 16 * len(dense) + (1 << 16)
+
+
+def single_encoding_sizes(dense: bytes, checks: list[KernelCheck], sample: np.ndarray) -> dict[str, tuple[int, int]]:
+    """Flash and arena bytes (the built file, the arena TFLM reports) with no filter encoded ('none') and, for each
+    encoding, with every filter in it where TFLM runs it and it is smaller than dense: each encoding alone."""
+    by_name, options = _filter_options(dense, checks)
+    measure = _Measure(dense, sample[:1], _arena_size(dense))
+    sizes = {}
+    for name in ("none", *ENCODINGS):
+        data, arena = measure({by_name[t].index: found[name] for t, found in options.items() if name in found})
+        sizes[name] = (len(data), arena)
+    return sizes
+
+
 def micro_model(
     dense: bytes,
     checks: list[KernelCheck],
@@ -181,13 +210,10 @@ def micro_model(
     """The micro file, its dequantized TFLM outputs on samples, its arena bytes and each filter's encoding; checked:
     every DECODE gives its int8 filter (read back from the written bytes) and the TFLM outputs equal the dense
     model's bit for bit (notes say how TFLM and LiteRT's builtin kernels compare)."""
-    model = flatbuffer.load(dense)
-    by_name = {t.name: t for t in flatbuffer.weight_tensors(model)}
-    tensors = model.subgraphs[0].tensors
-    options = {c.tensor: _options(by_name[c.tensor].values, _layout(tensors[by_name[c.tensor].index])) for c in checks}
+    by_name, options = _filter_options(dense, checks)
     best = {by_name[t].index: min(found.values(), key=lambda e: e.bytes) for t, found in options.items() if found}
     saving = {by_name[t].index: by_name[t].values.nbytes - best[by_name[t].index].bytes for t in options if options[t]}
-    arena_size = 16 * len(dense) + (1 << 16)  # room for every filter decoded, beyond TFLM's 10x-the-file guess
+    arena_size = _arena_size(dense)
     measure = _Measure(dense, samples[:1], arena_size)
     chosen, kept_dense = _choose(measure, best, saving, ram_budget, flash_budget)
     data, arena = measure(chosen)

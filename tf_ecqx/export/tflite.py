@@ -4,7 +4,8 @@ and microcontrollers (TFLM), verified.
 Every export checks itself: the int8 filters must hold exactly the ECQ codes (scale = step) or, where the converter
 folded a BatchNorm into the kernel, the same zero pattern with at most 2^b values per output channel
 (verification.py); the file is run in the target runtime and compared with the Keras QAT model. The parts:
-inputs.py (checks), conversion.py (one dense conversion per model state), mobile.py (sparse), int4.py, micro.py.
+inputs.py (checks), conversion.py (one dense conversion per model state), mobile.py (sparse), int4.py, micro.py
+(TFLM encodings per filter within flash and RAM budgets; the encoders in tflm_encodings.py).
 """
 
 from __future__ import annotations

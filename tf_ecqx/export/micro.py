@@ -226,8 +226,10 @@ def micro_model(
         note = f"kept dense: {kept_dense[weight.index]}" if weight.index in kept_dense else ""
         filters.append(FilterEncoding(check.layer, check.tensor, encoding, sizes[encoding], sizes, note))
     decoded = check_decoded(data, {check.tensor: by_name[check.tensor].values for check in checks})
+    if decoded != len(chosen):
+        raise ExportError(f"The micro file holds {decoded} DECODE outputs for {len(chosen)} encoded filters.")
     compressed_raw, outputs, _ = run_tflm(data, samples, arena_size)
-    dense_raw, _, dense_arena = run_tflm(dense, samples)
+    dense_raw, dense_arena = run_tflm(dense, samples)[0], measure({})[1]
     if not np.array_equal(compressed_raw, dense_raw):
         raise ExportError("The compressed micro model's TFLM outputs differ from the uncompressed model's.")
     litert_raw, _ = run_litert(dense, samples, builtin_only=True)

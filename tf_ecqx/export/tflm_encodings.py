@@ -30,7 +30,7 @@ ENCODINGS = ("lut", "pruning", "huffman")
 DECODE_TYPES = {"lut": 0, "huffman": 1, "pruning": 2}
 DCM_BYTES = 16
 LUT_MAX_BITS = 7  # the DCM bit-width field
-HUFFMAN_MAX_TABLE_BITS = 15  # a symbol entry's 4-bit count
+HUFFMAN_TABLE_BITS = range(8, 0, -1)  # index widths tried per table (a symbol entry's 4-bit count allows up to 15)
 HUFFMAN_ENTRY = {16: (0x8000, 11, 0x07FF, "<u2"), 32: (0x80000000, 27, 0x07FFFFFF, "<u4")}
 
 
@@ -47,23 +47,33 @@ class FilterLayout:
     zero_points: tuple[int, ...]
     axis: int
 
+    def __post_init__(self) -> None:
+        if not self.zero_points:
+            raise ValueError("a filter layout needs a zero point per scale (one for a per-tensor filter)")
+
     @property
     def channels(self) -> int:
-        return max(1, len(self.zero_points))
+        return len(self.zero_points)
+
+    def check(self) -> FilterLayout:
+        """self, or EncodingError for a quantized dimension TFLM's decoders refuse (they take axis 0, or the last axis
+        when there are several scales)."""
+        if self.axis != 0 and not (self.channels > 1 and self.axis == len(self.shape) - 1):
+            raise EncodingError(f"TFLM's decoders support channel axis 0 or the last, not {self.axis}")
+        return self
+
+    @property
+    def channels_last(self) -> bool:
+        """Whether TFLM's decoders step through the channels element by element (several scales, last axis)."""
+        return self.check().channels > 1 and self.axis == len(self.shape) - 1
 
     def element_zero_points(self) -> np.ndarray:
         """The zero point TFLM applies to each element in flat (row-major) order."""
         count = int(np.prod(self.shape))
-        points = np.asarray(self.zero_points or (0,), np.int8)
-        if self.channels == 1:
-            if self.axis != 0:
-                raise EncodingError(f"TFLM's decoders refuse quantized dimension {self.axis} (one scale)")
-            return np.full(count, points[0], np.int8)
-        if self.axis == len(self.shape) - 1:
+        points = np.asarray(self.zero_points, np.int8)
+        if self.channels_last:
             return np.tile(points, count // self.channels)
-        if self.axis == 0:
-            return np.repeat(points, count // self.channels)
-        raise EncodingError(f"TFLM's decoders support channel axis 0 or the last, not {self.axis}")
+        return np.repeat(points, count // self.channels)
 
 
 @dataclass(frozen=True)
@@ -86,6 +96,7 @@ def _dcm(encoding: str, user: bytes = b"\x01") -> bytes:
 def encode(encoding: str, values: np.ndarray, layout: FilterLayout) -> Encoded:
     """values (int8, layout.shape) in `encoding`; EncodingError if TFLM cannot decode it that way."""
     values = np.asarray(values, np.int8).reshape(layout.shape)
+    layout.check()
     if encoding == "lut":
         return _encode_lut(values, layout)
     if encoding == "pruning":
@@ -126,7 +137,6 @@ def _encode_lut(values: np.ndarray, layout: FilterLayout) -> Encoded:
     bits = max(1, int(max(np.unique(s).size for s in slices) - 1).bit_length())
     if bits > LUT_MAX_BITS:
         raise EncodingError(f"a LUT index holds at most {LUT_MAX_BITS} bits; this filter needs {bits}")
-    layout.element_zero_points()  # the decoder's axis rule
     tensor = model_editor.Tensor(shape=values.shape, dtype=tflite.TensorType.INT8, data=values)
     mode = spec.PerTensor() if axis is None else spec.PerChannel(axis=axis)
     result = lut.LutCompressor().compress(tensor, spec.LookUpTableCompression(index_bitwidth=bits, mode=mode))
@@ -139,12 +149,10 @@ def _decode_lut(indices: np.ndarray, ancillary: bytes, tables: np.ndarray, layou
     count = int(np.prod(layout.shape))
     unpacked = np.unpackbits(indices, count=count * bits).reshape(count, bits)
     index = unpacked @ (1 << np.arange(bits - 1, -1, -1))
-    layout.element_zero_points()  # refuses what the decoder refuses
-    per_channel = count // layout.channels
-    if layout.channels > 1 and layout.axis == len(layout.shape) - 1:
+    if layout.channels_last:
         channel = np.arange(count) % layout.channels
     else:
-        channel = np.arange(count) // per_channel
+        channel = np.arange(count) // (count // layout.channels)
     position = channel * stride + index
     if position.max(initial=0) >= tables.size:
         raise EncodingError(
@@ -216,8 +224,8 @@ def _encode_huffman(flat: np.ndarray) -> Encoded:
     symbols, counts = np.unique(flat, return_counts=True)
     codes = _canonical_codes(_huffman_lengths(dict(zip(symbols.tolist(), counts.tolist()))))
     best = None
-    for width in range(8, 0, -1):
-        entries, reads = _huffman_tables(codes, min(width, HUFFMAN_MAX_TABLE_BITS))
+    for width in HUFFMAN_TABLE_BITS:
+        entries, reads = _huffman_tables(codes, width)
         entry_bits = 16 if max(value for _, _, value in entries) <= HUFFMAN_ENTRY[16][2] else 32
         size = len(entries) * entry_bits // 8
         if best is None or size < best[0]:

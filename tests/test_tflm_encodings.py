@@ -98,7 +98,7 @@ def test_a_one_table_lut_on_a_per_channel_filter_decodes_garbage_and_is_caught()
     assert np.array_equal(tflm_decoded(values, layout, ours), values)
 
 
-def test_huffman_stream_is_the_code_lengths_in_whole_words_and_a_cut_stream_is_refused(rng):
+def test_huffman_stream_is_the_code_lengths_in_whole_words_and_cut_tensors_are_refused(rng):
     layout = FilterLayout((4000,), (0,), 0)
     values = filter_values(rng, layout, 4, 0.8)
     encoded = encode("huffman", values, layout)
@@ -109,6 +109,10 @@ def test_huffman_stream_is_the_code_lengths_in_whole_words_and_a_cut_stream_is_r
     assert len(encoded.data) % 4 == 0 and encoded.ancillary[4] == 1
     with pytest.raises(EncodingError, match="past the end"):
         decode(encoded.data[:-4], encoded.ancillary, layout)
+    for name in ("lut", "pruning"):  # a cut index or mask tensor is refused too
+        encoded = encode(name, values, layout)
+        with pytest.raises(EncodingError, match=f"the {name} decoder reads"):
+            decode(encoded.data[:-1], encoded.ancillary, layout)
 
 
 def test_unknown_encoding_and_unsupported_axis_are_refused():

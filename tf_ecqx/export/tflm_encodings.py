@@ -114,6 +114,9 @@ def decode(data: bytes, ancillary: bytes, layout: FilterLayout) -> np.ndarray:
     kind = {code: name for name, code in DECODE_TYPES.items()}.get(ancillary[0])
     tables = np.frombuffer(ancillary, np.uint8, offset=DCM_BYTES)
     count = int(np.prod(layout.shape))
+    bits_read = {"lut": ancillary[5] & 0x07, "pruning": 1}.get(kind, 0) * count
+    if len(data) * 8 < bits_read:
+        raise EncodingError(f"the {kind} decoder reads {bits_read} bits from an encoded tensor of {len(data)} bytes")
     if kind == "lut":
         flat = _decode_lut(np.frombuffer(data, np.uint8), ancillary, tables.view(np.int8), layout)
     elif kind == "pruning":

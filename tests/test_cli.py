@@ -34,6 +34,7 @@ def quantized(workspace):
     out = workspace / "ecqx_out"
     args = ["quantize", str(workspace / "float.keras"), "--data", str(workspace / "fmnist.npz"), "--bits", "4"]
     args += ["--lambda", "0.2", "--relevance", "epsilon_plus_flat", "--epochs", "1", "--out", str(out), "--quiet"]
+    args += ["--micro-ram", "400"]
     assert main(args) == 0
     return out
 
@@ -56,7 +57,11 @@ def test_quantize_writes_every_artifact_and_a_truthful_report(quantized):
     assert report["settings"]["relevance"] == "epsilon_plus_flat" and report["settings"]["bits"] == 4
     assert report["accuracy"] > report["float_accuracy"] - 0.1 and report["float_accuracy"] > 0.6
     assert report["exports"]["model_int8_sparse.tflite"]["argmax_agreement"] >= 0.95
-    assert report["exports"]["model_micro.tflite"]["bytes"] == (quantized / "model_micro.tflite").stat().st_size
+    micro = report["exports"]["model_micro.tflite"]
+    assert micro["bytes"] == (quantized / "model_micro.tflite").stat().st_size
+    assert report["settings"]["micro_ram_kb"] == 400 and 0 < micro["arena_bytes"] <= 400 * 1024
+    assert sorted(f["layer"] for f in micro["filters"]) == sorted(layer["name"] for layer in report["layers"])
+    assert all(f["bytes"] == f["options"][f["encoding"]] for f in micro["filters"])
     assert len(report["layers"]) == 4 and all(0 < layer["sparsity"] < 1 for layer in report["layers"])
 
 
@@ -81,6 +86,8 @@ def test_explain_writes_a_heatmap_png(workspace, tmp_path):
         (["quantize", "missing.keras", "--out", "x"], "No Keras model file at 'missing.keras'"),
         (["quantize", "m.keras", "--bits", "9", "--out", "x"], "bits=9 is not supported"),
         (["quantize", "m.keras", "--epochs", "0", "--out", "x"], "epochs=0 must be an integer >= 1"),
+        (["quantize", "m.keras", "--micro-ram", "-4", "--out", "x"], "micro RAM budget -4.0 KB must be a positive"),
+        (["quantize", "m.keras", "--micro-ram", "nan", "--out", "x"], "micro RAM budget nan KB must be a positive"),
         (["explain", "m.keras", "--data", "nowhere"], "data 'nowhere' is neither 'fashion_mnist'"),
         (["report", "."], "has no report.json"),
     ],

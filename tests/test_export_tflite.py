@@ -1,4 +1,4 @@
-"""Integer TFLite export, run in LiteRT and TFLM, on real Fashion-MNIST: codes, agreement, sparse and LUT files."""
+"""Integer TFLite export, run in LiteRT and TFLM, on real Fashion-MNIST: codes, agreement, sparse and micro files."""
 
 import numpy as np
 import pytest
@@ -49,7 +49,9 @@ def test_export_runs_in_the_target_runtime_and_agrees_with_keras(
         assert all(c.kind == "exact" for c in result.kernels)  # no BatchNorm to fold: the int8 values are the codes
     if target == "micro":
         assert result.arena_bytes and result.arena_bytes > 0
-        assert any("LUT-compressed outputs equal" in note for note in result.notes)
+        assert any("DECODE outputs read back equal to their int8 filters" in note for note in result.notes)
+        assert [f.layer for f in result.filters] == [c.layer for c in result.kernels]
+        assert result.bytes < sum(f.options["none"] for f in result.filters)  # the filters alone, dense
     # the file on disk runs in its runtime (LiteRT with default settings, or TFLM) and matches the reported agreement
     run = run_litert if target == "mobile" else lambda data, x: run_tflm(data, x)[:2]
     _, outputs = run(result.path.read_bytes(), test.x[:500])
@@ -114,7 +116,7 @@ def test_size_table_lists_every_artifact_measured_from_the_written_files(trained
                 "float32": "float32 TFLite",
                 "int8": "int8 TFLite",
                 "sparse_int8": "sparse int8 TFLite",
-                "micro": "micro TFLite (int8 + LUT)",
+                "micro": "micro TFLite (TFLM, smallest encoding per filter)",
             }[name]
         ].bytes
     assert (tmp_path / "kernels.ecqx").stat().st_size == rows["bitstream (quantized kernels)"].bytes

@@ -46,6 +46,15 @@ def _parser() -> argparse.ArgumentParser:
     quantize.add_argument("--data", default="fashion_mnist", help=DATA_HELP)
     quantize.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs (default 2)")
     quantize.add_argument("--out", required=True, help="output directory")
+    quantize.add_argument(
+        "--micro-ram",
+        dest="micro_ram_kb",
+        type=float,
+        default=None,
+        metavar="KB",
+        help="RAM budget of model_micro.tflite, the TFLM arena in KB: filters whose decoding would exceed it stay "
+        "uncompressed (default: no budget, smallest file)",
+    )
     quantize.add_argument("--quiet", action="store_true", help="no progress output")
 
     report = commands.add_parser("report", help="per-layer table (and sizes) of a quantize directory or QAT model")
@@ -72,7 +81,12 @@ def _run(args: argparse.Namespace) -> None:
         from tf_ecqx.commands import QuantizeSettings, quantize_to_directory
 
         settings = QuantizeSettings(
-            bits=args.bits, lambda_=args.lambda_, relevance=args.relevance, p=args.p, epochs=args.epochs
+            bits=args.bits,
+            lambda_=args.lambda_,
+            relevance=args.relevance,
+            p=args.p,
+            epochs=args.epochs,
+            micro_ram_kb=args.micro_ram_kb,
         )
         report = quantize_to_directory(args.model, args.data, args.out, settings, quiet=args.quiet)
         if not args.quiet:

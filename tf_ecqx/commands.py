@@ -16,7 +16,7 @@ from tf_ecqx import datasets
 from tf_ecqx._keras import keras
 from tf_ecqx.callbacks import QuantizationMetrics, RelevanceCallback
 from tf_ecqx.export.bitstream import save as save_bitstream
-from tf_ecqx.export.tflite import to_tflite
+from tf_ecqx.export.tflite import ExportResult, to_tflite
 from tf_ecqx.files import check_writable, staged_directory
 from tf_ecqx.intake import quantize_model
 from tf_ecqx.model_files import load_model_file
@@ -31,7 +31,7 @@ QAT_FILE = "qat.keras"
 ARTIFACTS = {  # file in the output directory -> what it is
     QAT_FILE: "QAT model (tf_keras, load inside tf_ecqx.quantize_scope())",
     "model_int8_sparse.tflite": "LiteRT (phones): full-integer int8, sparse filters",
-    "model_micro.tflite": "TFLM (microcontrollers): int8 with LUT-compressed kernels",
+    "model_micro.tflite": "TFLM (microcontrollers): int8, each filter in its smallest DECODE encoding",
     "kernels.ecqx": "entropy-coded bitstream of the kernel codes",
 }
 
@@ -45,6 +45,7 @@ class QuantizeSettings:
     epochs: int = 2
     batch_size: int = 64
     seed: int = 0
+    micro_ram_kb: float | None = None  # the TFLM arena budget of the micro export, in KB (1024 bytes)
 
     def __post_init__(self) -> None:
         ECQxSettings(self.bits, self.lambda_, ecqx=self.relevance is not None, p=self.p)  # checked before any work
@@ -52,6 +53,14 @@ class QuantizeSettings:
             relevance_source(self.relevance)
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
             raise ValueError(f"epochs={self.epochs!r} must be an integer >= 1.")
+        kb = self.micro_ram_kb
+        if kb is not None and (isinstance(kb, bool) or not isinstance(kb, (int, float)) or not 0 < kb < math.inf):
+            raise ValueError(f"micro RAM budget {kb!r} KB must be a positive number of kilobytes (--micro-ram 64).")
+
+    @property
+    def ram_budget(self) -> int | None:
+        """micro_ram_kb in bytes."""
+        return None if self.micro_ram_kb is None else max(1, round(self.micro_ram_kb * 1024))
 
 
 def _progress(quiet: bool, message: str) -> None:
@@ -106,8 +115,16 @@ def _quantize_into(
     calibration = train.x[:200]
     _progress(quiet, "[2/4] exporting model_int8_sparse.tflite (LiteRT), verified in LiteRT")
     mobile = to_tflite(qmodel, out / "model_int8_sparse.tflite", calibration, verification_data=test.x[:500])
-    _progress(quiet, "[3/4] exporting model_micro.tflite (TFLM, LUT), verified in the TFLM interpreter")
-    micro = to_tflite(qmodel, out / "model_micro.tflite", calibration, "micro", verification_data=test.x[:500])
+    budget = "" if settings.ram_budget is None else f" within {settings.ram_budget} B of arena"
+    _progress(quiet, f"[3/4] exporting model_micro.tflite (TFLM{budget}), verified in the TFLM interpreter")
+    micro = to_tflite(
+        qmodel,
+        out / "model_micro.tflite",
+        calibration,
+        "micro",
+        verification_data=test.x[:500],
+        ram_budget=settings.ram_budget,
+    )
     _progress(quiet, "[4/4] bitstream, report.json, plots")
     save_bitstream(qmodel, out / "kernels.ecqx")
     stats = layer_stats(qmodel)
@@ -119,15 +136,16 @@ def _quantize_into(
         "float_accuracy": float_accuracy,
         "accuracy": accuracy,
         "layers": [s.as_dict() for s in stats],
-        "exports": {
-            result.path.name: {
-                "bytes": result.bytes,
-                "argmax_agreement": result.argmax_agreement,
-                "notes": result.notes,
-            }
-            for result in (mobile, micro)
-        },
+        "exports": {result.path.name: _export_entry(result) for result in (mobile, micro)},
     }
+
+
+def _export_entry(result: ExportResult) -> dict[str, Any]:
+    """What report.json says about an exported file (for micro: its TFLM arena and each filter's encoding)."""
+    entry = {"bytes": result.bytes, "argmax_agreement": result.argmax_agreement, "notes": result.notes}
+    if result.target == "micro":
+        entry |= {"arena_bytes": result.arena_bytes, "filters": [asdict(f) for f in result.filters]}
+    return entry
 
 
 def _printable(value: Any) -> Any:

@@ -17,7 +17,7 @@ from tf_ecqx.plots import plot_relevance
 from tf_ecqx.quantization.settings import DEFAULT_LAMBDA, ECQxSettings
 from tf_ecqx.relevance.sources import DEFAULT_RELEVANCE, relevance_source
 from tf_ecqx.report import LayerStats, format_layer_table, layer_stats, model_totals
-from tf_ecqx.sizes import format_size_table, size_table
+from tf_ecqx.sizes import format_micro_table, format_size_table, micro_sizes, size_table
 
 
 @dataclass(frozen=True)
@@ -61,8 +61,9 @@ def run_demo(
 ) -> dict[str, Any]:
     """Train (or load) the float CNN; quantize it with ECQ and with ECQx, fine-tune both the same way, print accuracies
     and layer tables side by side; with an output_dir, export the ECQx model (mobile and micro TFLite, bitstream),
-    print the size table and save input-relevance heatmaps. output_dir is checked before training, and its files
-    appear together at the end (a failed run leaves it as it was)."""
+    print the size table and the micro file's flash and RAM per encoding, and save input-relevance heatmaps.
+    output_dir is checked before training, and its files appear together at the end (a failed run leaves it as it
+    was)."""
     if output_dir is None:
         return _demo(settings, verbose, None, None)
     with staged_directory(output_dir) as staging:
@@ -104,6 +105,10 @@ def _demo(settings: DemoSettings, verbose: int, staging: Path | None, output_dir
         rows = size_table(qmodel, train.x[:200], staging)
         print(format_size_table(rows))
         result["sizes"] = {row.artifact: row.bytes for row in rows}
+        micro = micro_sizes(qmodel, train.x[:200])
+        print("\nThe micro (TFLM) file with each DECODE encoding: flash, and the arena TFLM allocates (RAM):")
+        print(format_micro_table(micro))
+        result["micro"] = {row.encoding: {"flash": row.flash, "arena": row.arena} for row in micro}
         plot_relevance(qmodel, test.x[:16], staging / "relevance.png", composite=settings.relevance)
         print(f"input relevances of 16 test images (ECQx model): {output_dir / 'relevance.png'}")
     return result

@@ -12,12 +12,19 @@ import numpy as np
 import tensorflow as tf
 
 from tf_ecqx._keras import keras
+from tf_ecqx.export import flatbuffer
 from tf_ecqx.export.bitstream import encode
+from tf_ecqx.export.conversion import dense_int8
+from tf_ecqx.export.inputs import calibration_and_verification, sample_shape
+from tf_ecqx.export.micro import single_encoding_sizes
 from tf_ecqx.export.tflite import to_tflite
+from tf_ecqx.export.verification import check_kernels
 from tf_ecqx.files import atomic_write
 from tf_ecqx.quantization.kernels import quantized_kernels
 from tf_ecqx.quantization.strip import strip
 from tf_ecqx.report import layer_stats
+
+MICRO_ROW = "micro TFLite (TFLM, smallest encoding per filter)"
 
 
 @dataclass(frozen=True)
@@ -25,6 +32,15 @@ class SizeRow:
     artifact: str
     bytes: int
     ratio: float  # float32 TFLite bytes / these bytes
+
+
+@dataclass(frozen=True)
+class MicroRow:
+    """Flash (file) and RAM (TFLM arena) bytes of a micro file."""
+
+    encoding: str
+    flash: int
+    arena: int
 
 
 def _gzip_size(data: bytes) -> int:
@@ -40,8 +56,9 @@ def _unquantized_parameter_bytes(qmodel: keras.Model, plain: keras.Model) -> int
 def size_table(
     qmodel: keras.Model, representative_data: np.ndarray | tf.data.Dataset, directory: str | os.PathLike | None = None
 ) -> list[SizeRow]:
-    """Bytes of: float32 / int8 / sparse int8 TFLite (and gzip of each), the micro LUT flatbuffer, the bitstream,
-    and the entropy bound of the kernel codes. The TFLite files are written to `directory` (a temporary one if None).
+    """Bytes of: float32 / int8 / sparse int8 TFLite (and gzip of each), the micro flatbuffer (to_tflite's smallest
+    TFLM encoding per filter), the bitstream, and the entropy bound of the kernel codes. The TFLite files are written
+    to `directory` (a temporary one if None).
     """
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(directory or scratch)
@@ -52,7 +69,7 @@ def size_table(
         for name, target, sparse in (("int8", "mobile", False), ("sparse int8", "mobile", True), ("micro", "micro", 0)):
             path = out / f"{name.replace(' ', '_')}.tflite"
             to_tflite(qmodel, path, representative_data, target=target, sparse=bool(sparse))
-            sizes[f"{name} TFLite" if target == "mobile" else "micro TFLite (int8 + LUT)"] = path.read_bytes()
+            sizes[f"{name} TFLite" if target == "mobile" else MICRO_ROW] = path.read_bytes()
         bitstream = encode(qmodel)
         atomic_write(out / "kernels.ecqx", bitstream)
     rows: dict[str, int] = {}
@@ -65,6 +82,28 @@ def size_table(
     rows["entropy bound of the kernel codes"] = int(np.ceil(sum(s.entropy_bytes for s in layer_stats(qmodel))))
     reference = rows["float32 TFLite"]
     return [SizeRow(name, size, reference / size) for name, size in rows.items()]
+
+
+def micro_sizes(qmodel: keras.Model, representative_data: np.ndarray | tf.data.Dataset) -> list[MicroRow]:
+    """Flash and arena bytes of the micro file with every filter dense, with each TFLM encoding alone (every filter in
+    it where TFLM runs it and it is smaller), with to_tflite's smallest encoding per filter, and with that choice
+    under ram_budget = the dense file's arena. Files built and their arenas measured in the TFLM interpreter."""
+    calibration, samples = calibration_and_verification(representative_data, None, sample_shape(qmodel))
+    dense = dense_int8(qmodel, calibration)
+    alone = single_encoding_sizes(dense, check_kernels(qmodel, flatbuffer.load(dense)), samples)
+    rows = [MicroRow({"none": "dense int8"}.get(name, f"{name.upper()} alone"), *alone[name]) for name in alone]
+    with tempfile.TemporaryDirectory() as scratch:
+        for name, budget in (("smallest per filter", None), ("smallest per filter, dense arena", alone["none"][1])):
+            result = to_tflite(qmodel, Path(scratch) / "m.tflite", samples, target="micro", ram_budget=budget)
+            rows.append(MicroRow(name, result.bytes, result.arena_bytes))
+    return rows
+
+
+def format_micro_table(rows: list[MicroRow]) -> str:
+    width = max(len(r.encoding) for r in rows)
+    lines = [f"{'micro file':<{width}}  {'flash B':>9}  {'arena B':>9}", "-" * (width + 22)]
+    lines += [f"{r.encoding:<{width}}  {r.flash:>9}  {r.arena:>9}" for r in rows]
+    return "\n".join(lines)
 
 
 def format_size_table(rows: list[SizeRow]) -> str:

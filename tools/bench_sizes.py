@@ -1,10 +1,12 @@
-"""Size table at 2-5 bit for the demo CNN and the MLP, with the accuracy of the exported .tflite files in LiteRT.
+"""Size table at 2-5 bit for the demo CNN and the MLP, with the accuracy of the exported .tflite files in LiteRT, and
+the micro (TFLM) file's flash and arena bytes with each DECODE encoding.
 
     python tools/bench_sizes.py [--models demo_cnn mlp] [--bits 2 3 4 5] [--lambda 0.2] [--epochs 1] [--relevance NAME]
 
 From the cached float model, ECQ (or ECQx with --relevance) fine-tuning with model.fit, then every artifact of
-`tf_ecqx.sizes.size_table` (each export verified in its runtime) and the accuracy of the int8 and sparse int8 files run
-in LiteRT on the full 10k test set. Everything is measured in this run.
+`tf_ecqx.sizes.size_table` (each export verified in its runtime), the accuracy of the int8 and sparse int8 files run
+in LiteRT on the full 10k test set, and `tf_ecqx.sizes.micro_sizes` (arenas as the TFLM interpreter reports them).
+Everything is measured in this run.
 """
 
 from __future__ import annotations
@@ -24,14 +26,14 @@ from tf_ecqx._keras import keras  # noqa: E402
 from tf_ecqx.datasets import fashion_mnist  # noqa: E402
 from tf_ecqx.export.runtimes import run_litert  # noqa: E402
 from tf_ecqx.models import compile_for_classification, trained_float_model  # noqa: E402
-from tf_ecqx.sizes import size_table  # noqa: E402
+from tf_ecqx.sizes import MICRO_ROW, micro_sizes, size_table  # noqa: E402
 
 COLUMNS = {
     "float32 TFLite": "float32 .tflite",
     "int8 TFLite, gzip -9": "int8 gz",
     "sparse int8 TFLite": "sparse int8",
     "sparse int8 TFLite, gzip -9": "sparse int8 gz",
-    "micro TFLite (int8 + LUT)": "micro LUT",
+    MICRO_ROW: "micro (TFLM)",
     "bitstream (quantized kernels)": "bitstream",
     "entropy bound of the kernel codes": "entropy bound",
 }
@@ -57,6 +59,7 @@ def main() -> None:
         header = ["bits", "Keras QAT acc.", "int8 .tflite acc.", "sparse .tflite acc.", *COLUMNS.values()]
         print("| " + " | ".join(header) + " |")
         print("|---:" * (4 + len(COLUMNS)) + "|")
+        micro = {}
         for bits in args.bits:
             keras.utils.set_random_seed(0)
             ecqx = args.relevance is not None
@@ -76,6 +79,12 @@ def main() -> None:
             cells = [f"{reference:,}"] + [f"{rows[a].bytes:,} ({rows[a].ratio:.1f}x)" for a in list(COLUMNS)[1:]]
             cells = [str(bits), f"{keras_accuracy:.4f}", *(f"{a:.4f}" for a in accuracies), *cells]
             print("| " + " | ".join(cells) + " |", flush=True)
+            micro[bits] = micro_sizes(qmodel, train.x[:200])
+        print(f"\n{name}, micro file: flash / TFLM arena bytes")
+        print("| bits | " + " | ".join(row.encoding for row in micro[args.bits[0]]) + " |")
+        print("|---:" * (1 + len(micro[args.bits[0]])) + "|")
+        for bits, rows in micro.items():
+            print(f"| {bits} | " + " | ".join(f"{row.flash:,} / {row.arena:,}" for row in rows) + " |", flush=True)
 
 
 if __name__ == "__main__":

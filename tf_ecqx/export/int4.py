@@ -19,7 +19,7 @@ def check_int4_request(qmodel: keras.Model, target: str, sparse: bool | None) ->
     if target != "mobile":
         raise ValueError(
             f"weight_dtype='int4' is for target='mobile' (LiteRT), not target={target!r}: the micro export "
-            "already stores each filter as LUT indices of its bit width."
+            "already stores each filter in its smallest TFLM encoding (LUT, PRUNING or HUFFMAN)."
         )
     if sparse:
         raise ValueError(

@@ -53,9 +53,13 @@ def run_litert(data: bytes, x: np.ndarray, builtin_only: bool = False) -> tuple[
     return raw, _dequantize_output(raw, out)
 
 
-def run_tflm(data: bytes, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, int | None]:
-    """Raw and dequantized outputs in the TFLM interpreter, and the arena bytes it allocated (None if not reported)."""
-    interpreter = tflm.Interpreter.from_bytes(data)
+def run_tflm(data: bytes, x: np.ndarray, arena_size: int | None = None) -> tuple[np.ndarray, np.ndarray, int | None]:
+    """Raw and dequantized outputs in the TFLM interpreter, and the arena bytes it allocated (None if not reported).
+
+    arena_size: the arena the interpreter gets (default TFLM's guess, 10x the model's bytes; a compressed model may
+    decode into more than that).
+    """
+    interpreter = tflm.Interpreter.from_bytes(data, arena_size=arena_size)
     details = interpreter.get_input_details(0)
     raw = []
     for sample in _quantize_input(x, details):

@@ -4,7 +4,8 @@ and microcontrollers (TFLM), verified.
 Every export checks itself: the int8 filters must hold exactly the ECQ codes (scale = step) or, where the converter
 folded a BatchNorm into the kernel, the same zero pattern with at most 2^b values per output channel
 (verification.py); the file is run in the target runtime and compared with the Keras QAT model. The parts:
-inputs.py (checks), conversion.py (one dense conversion per model state), mobile.py (sparse), int4.py, micro.py.
+inputs.py (checks), conversion.py (one dense conversion per model state), mobile.py (sparse), int4.py, micro.py
+(TFLM encodings per filter within flash and RAM budgets; the encoders in tflm_encodings.py).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from tf_ecqx.export import flatbuffer
 from tf_ecqx.export.conversion import check_calibrated, dense_int8
 from tf_ecqx.export.inputs import calibration_and_verification, sample_shape
 from tf_ecqx.export.int4 import check_int4_request, pack_int4
-from tf_ecqx.export.micro import micro_model
+from tf_ecqx.export.micro import FilterEncoding, check_budget, micro_model
 from tf_ecqx.export.mobile import sparse_model
 from tf_ecqx.export.runtimes import run_litert
 from tf_ecqx.export.verification import KernelCheck, agreement, check_kernels
@@ -48,6 +49,7 @@ class ExportResult:
     relative_error: float  # RMS difference / spread of the Keras outputs (an export above 0.2 fails)
     notes: list[str] = field(default_factory=list)
     arena_bytes: int | None = None  # micro only, as the TFLM interpreter reports it
+    filters: list[FilterEncoding] = field(default_factory=list)  # micro only: each filter's encoding and bytes
 
 
 def to_tflite(
@@ -59,6 +61,8 @@ def to_tflite(
     float_io: bool = False,
     verification_data: np.ndarray | tf.data.Dataset | None = None,
     weight_dtype: Literal["int8", "int4"] = "int8",
+    ram_budget: int | None = None,
+    flash_budget: int | None = None,
 ) -> ExportResult:
     """Write an integer TFLite model of qmodel to `path`, verified in the target runtime.
 
@@ -66,7 +70,12 @@ def to_tflite(
     default settings). weight_dtype="int4" (bits <= 4, dense filters) stores the filters LiteRT runs exactly as INT4
     packed two per byte (FULLY_CONNECTED with an even number of inputs; `notes` lists what was packed and why the
     rest stayed int8) and checks that LiteRT, with and without XNNPACK, gives the int8 file's raw outputs.
-    micro: dense int8 with TFLM look-up-table compression (index width = bits), verified in the TFLM interpreter.
+    micro: dense int8 where each filter is stored in the encoding stock TFLM decodes with the fewest bytes (none, LUT
+    per channel, or per tensor where the filter has one scale, PRUNING, HUFFMAN; `filters` lists each one's choice
+    and bytes). `ram_budget` / `flash_budget` (bytes) bound the arena TFLM allocates and the file: a filter whose
+    decoding would push the arena past ram_budget stays dense (greedy, largest saving first), and ExportError names the
+    smallest flash and RAM reachable when a budget cannot be met. The file is checked in the TFLM interpreter: every
+    DECODE read back gives its int8 filter and the outputs equal the dense model's bit for bit.
     Input/output are int8 unless float_io. Verification runs on `verification_data` (default: the representative
     data, read once, so a generator serves both), up to 500 samples. qmodel must have one float input and one output,
     and the data batches of finite numbers of its input's shape; both are checked before anything is converted.
@@ -75,6 +84,12 @@ def to_tflite(
         raise ValueError(f"target={target!r} is not known; use one of {TARGETS}.")
     if weight_dtype not in WEIGHT_DTYPES:
         raise ValueError(f"weight_dtype={weight_dtype!r} is not known; use one of {WEIGHT_DTYPES}.")
+    ram_budget, flash_budget = check_budget("ram_budget", ram_budget), check_budget("flash_budget", flash_budget)
+    if target != "micro" and (ram_budget, flash_budget) != (None, None):
+        raise ValueError(
+            "ram_budget and flash_budget are for target='micro' (the TFLM arena and file); LiteRT on phones has no "
+            "such budget here. Leave them unset for target='mobile'."
+        )
     path = check_writable(path)
     if not any(True for _ in quantized_kernels(qmodel)):
         raise ValueError("qmodel has no ECQx-quantized kernel: pass the model returned by tf_ecqx.quantize_model.")
@@ -88,10 +103,10 @@ def to_tflite(
     dense = dense_int8(qmodel, calibration, float_io)
     checks = check_kernels(qmodel, flatbuffer.load(dense))
     notes: list[str] = []
-    arena = None
+    arena, filters = None, []
     reference = qmodel.predict(samples, verbose=0, batch_size=256)
     if target == "micro":
-        data, outputs, arena = micro_model(dense, qmodel, checks, samples, notes)
+        data, outputs, arena, filters = micro_model(dense, checks, samples, notes, ram_budget, flash_budget)
     else:
         data = dense
         if weight_dtype == "int4":
@@ -112,4 +127,5 @@ def to_tflite(
         compared.relative_error,
         notes,
         arena,
+        filters,
     )

@@ -152,8 +152,10 @@ def test_the_dense_conversion_is_made_once_per_model_state(trained_models, fashi
     train, test = fashion
     qmodel = trained_models["demo"]
     calls = []
-    convert = tf.lite.TFLiteConverter.from_keras_model
-    monkeypatch.setattr(tf.lite.TFLiteConverter, "from_keras_model", lambda model: calls.append(1) or convert(model))
+    convert = tf.lite.TFLiteConverter.from_concrete_functions
+    monkeypatch.setattr(
+        tf.lite.TFLiteConverter, "from_concrete_functions", lambda *args: calls.append(1) or convert(*args)
+    )
     for target in ("micro", "mobile"):
         to_tflite(qmodel, tmp_path / f"{target}.tflite", train.x[:64], target=target, verification_data=test.x[:32])
     assert len(calls) == 2  # one dense conversion shared, plus the sparse one of the mobile target
@@ -170,8 +172,15 @@ def test_the_dense_conversion_is_made_once_per_model_state(trained_models, fashi
 def test_outputs_far_from_the_keras_model_fail_the_export_however_the_argmax_falls():
     rng = np.random.default_rng(0)
     reference = rng.normal(size=(300, 10))
-    rounded = agreement(reference, reference + rng.uniform(-0.05, 0.05, reference.shape))
+
+    def int8_grid(values: np.ndarray, step: float = 0.03) -> np.ndarray:  # outputs as a file dequantizes them
+        return np.round(values / step) * step
+
+    rounded = agreement(reference, int8_grid(reference + rng.uniform(-0.05, 0.05, reference.shape)))
     assert rounded.relative_error < 0.05 and rounded.argmax > 0.9
-    garbage = reference[::-1] + 0.5 * reference  # a wrong computation that often keeps the argmax
+    garbage = int8_grid(reference[::-1] + 0.5 * reference)  # a wrong computation that often keeps the argmax
     with pytest.raises(ExportError, match=r"differ from the Keras QAT model's by \d+% of their spread"):
         agreement(reference, garbage)
+    # outputs that hardly vary (an untrained model): a few output steps off is rounding, not a mistranslation
+    flat = 1e-4 * reference
+    assert agreement(flat, int8_grid(flat) + 0.03 * rng.integers(-2, 3, flat.shape)).relative_error < 0.2

@@ -96,6 +96,9 @@ def check_kernels(qmodel: keras.Model, model: flatbuffer.schema.ModelT) -> list[
 # The largest RMS error of an exported model's outputs against the Keras QAT model, relative to the outputs' spread
 # over the verification samples: int8 rounding gives a few percent; a graph the converter mistranslated gives ~100 %.
 MAX_RELATIVE_ERROR = 0.2
+# The least spread counted, in steps of the file's int8 output: a model whose outputs hardly vary (untrained, or
+# one class everywhere) has errors of a few steps that are rounding, not mistranslation.
+MIN_SPREAD_STEPS = 16
 
 
 @dataclass(frozen=True)
@@ -104,13 +107,19 @@ class Agreement:
 
     argmax: float  # fraction of samples with the same argmax (near-ties may flip)
     max_abs_difference: float
-    relative_error: float  # RMS difference / standard deviation of the Keras outputs
+    relative_error: float  # RMS difference / spread of the Keras outputs (at least MIN_SPREAD_STEPS output steps)
+
+
+def output_step(outputs: np.ndarray) -> float:
+    """The quantization step of the file's (dequantized int8) outputs: the least gap between their values."""
+    gaps = np.diff(np.unique(outputs))
+    return float(gaps.min()) if gaps.size else 0.0
 
 
 def agreement(reference: np.ndarray, outputs: np.ndarray) -> Agreement:
     """The outputs' agreement; an ExportError if their error is beyond int8 rounding (MAX_RELATIVE_ERROR)."""
     difference = outputs.astype(np.float64) - reference
-    spread = float(np.std(reference))
+    spread = max(float(np.std(reference)), MIN_SPREAD_STEPS * output_step(outputs))
     relative = float(np.sqrt(np.mean(difference**2)) / spread) if spread > 0 else 0.0
     same_argmax = float(np.mean(reference.argmax(-1) == outputs.argmax(-1)))
     result = Agreement(same_argmax, float(np.abs(difference).max()), relative)

@@ -2,8 +2,9 @@
 
 KERNEL_ATTRS: the layer kinds whose kernels ECQx quantizes, with the attributes that hold them (matched by exact type:
 a subclass may compute something else, Conv2DTranspose is a Conv2D). `kernel_name`: what a kernel is called in
-reports and the bitstream. TF_OP_LAYERS: the layers left unwrapped. `layer_class`: the class a layer counts as.
-`wrapper_weights`: tfmot's private per-wrapper state, read nowhere else.
+reports and the bitstream. PER_CHANNEL_KINDS: the kinds whose kernels are exported per channel. TF_OP_LAYERS: the
+layers left unwrapped. `layer_class`: the class a layer counts as. `wrapper_weights`: tfmot's private per-wrapper
+state, read nowhere else.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ KERNEL_ATTRS: dict[type, tuple[str, ...]] = {
     # converter quantizes as TFLite runs them: kept whole, its unquantized intermediate made the int8 file disagree.
     keras.layers.SeparableConv2D: ("depthwise_kernel", "pointwise_kernel"),
 }
+# The kinds whose kernels the int8 export pins per output channel (quantizers.pin_int8_scale says why).
+PER_CHANNEL_KINDS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
 # The layers Keras makes of plain TensorFlow ops in a functional model (`x + 3.0`, `x[:, 0]`; MobileNetV3's hard-swish):
 # no weights, and their constants live in the call, which tfmot's wrapper cannot pass on. They stay unwrapped; the
 # converter quantizes their outputs from the calibration data.

@@ -10,7 +10,7 @@ from tensorflow_model_optimization.python.core.quantization.keras.default_8bit.d
 )
 
 from tf_ecqx._keras import keras
-from tf_ecqx.layers import KERNEL_ATTRS
+from tf_ecqx.layers import KERNEL_ATTRS, PER_CHANNEL_KINDS
 from tf_ecqx.quantization.quantizers import ECQxWeightQuantizer
 from tf_ecqx.quantization.settings import ECQxSettings
 
@@ -43,8 +43,9 @@ class ECQxQuantizeConfig(Default8BitQuantizeConfig):
 
     def get_weights_and_quantizers(self, layer: keras.layers.Layer) -> list[tuple[Any, ECQxWeightQuantizer]]:
         """Each kernel with its own quantizer (a SeparableConv has a depthwise and a pointwise kernel)."""
+        per_channel = type(layer) in PER_CHANNEL_KINDS
         return [
-            (getattr(layer, attr), ECQxWeightQuantizer(self.settings, depthwise=attr == "depthwise_kernel"))
+            (getattr(layer, attr), ECQxWeightQuantizer(self.settings, attr == "depthwise_kernel", per_channel))
             for attr in self.weight_attrs
         ]
 

@@ -42,24 +42,25 @@ def straight_through(w: tf.Tensor, w_q: tf.Tensor, rule: str) -> tf.Tensor:
     return forward(w)
 
 
-def pin_int8_scale(w_q: tf.Tensor, step: tf.Tensor, depthwise: bool) -> tf.Tensor:
+def pin_int8_scale(w_q: tf.Tensor, step: tf.Tensor, per_channel: bool, depthwise: bool) -> tf.Tensor:
     """w_q under an int8 fake quantization of scale = step (an identity on grid values), which pins the TFLite export
     to that scale, so the stored int8 values are exactly the codes.
 
-    A 2-D depthwise kernel (kh, kw, in, multiplier) gets it per output channel, all with the same scale: the converter
-    folds a following BatchNormalization correctly only into a per-channel quantized depthwise filter (with a
-    per-tensor range it quantizes the folded bias with the wrong input scale and the exported model is garbage).
-    1-D depthwise kernels stay per tensor: the converter cannot reshape a per-channel one into its 2-D filter.
+    A 2-D convolution's kernel (per_channel, rank 4) gets it per output channel, all with the same scale: the converter
+    folds a following BatchNormalization correctly only into a per-channel quantized filter (with a per-tensor range
+    it quantizes the folded bias with the wrong input scale and the exported model is garbage). A depthwise kernel's
+    output channels are its last two axes (in, multiplier). 1-D and transposed kernels stay per tensor: the converter
+    cannot reshape a per-channel 1-D kernel into its 2-D filter, and folds into the others correctly.
     """
     limit = INT8_NARROW_MAX * step
-    if not depthwise or w_q.shape.rank != 4:
+    if not per_channel or w_q.shape.rank != 4:
         return tf.quantization.fake_quant_with_min_max_vars(w_q, -limit, limit, num_bits=8, narrow_range=True)
-    channels = w_q.shape[-2] * w_q.shape[-1]
-    per_channel = tf.reshape(w_q, [*w_q.shape[:-2], 1, channels])
-    per_channel = tf.quantization.fake_quant_with_min_max_vars_per_channel(
-        per_channel, tf.fill([channels], -limit), tf.fill([channels], limit), num_bits=8, narrow_range=True
+    channels = w_q.shape[-2] * w_q.shape[-1] if depthwise else w_q.shape[-1]
+    per_channel_view = tf.reshape(w_q, [*w_q.shape[:-2], 1, channels]) if depthwise else w_q
+    pinned = tf.quantization.fake_quant_with_min_max_vars_per_channel(
+        per_channel_view, tf.fill([channels], -limit), tf.fill([channels], limit), num_bits=8, narrow_range=True
     )
-    return tf.reshape(per_channel, tf.shape(w_q))
+    return tf.reshape(pinned, tf.shape(w_q))
 
 
 # The assignment of a flattened kernel (the codes do not depend on its layout), traced once for all kernels: a train
@@ -81,14 +82,16 @@ def _flat_ecqx_codes(w, step, k_min, k_max, lambda_, relevance, p, size_factor) 
 class ECQxWeightQuantizer(tfmot_quantizers.Quantizer):
     """Entropy-constrained quantization of one kernel as `settings` say (docs/method.md §2, §3, §5; ECQx: §4).
 
-    depthwise: the kernel is a depthwise one (h, w, in, multiplier), which the export pins per channel.
+    depthwise: the kernel is a depthwise one (*spatial, in, multiplier). per_channel: the export pins it per output
+    channel (2-D convolutions, see pin_int8_scale).
     """
 
-    def __init__(self, settings: ECQxSettings | None = None, depthwise: bool = False):
+    def __init__(self, settings: ECQxSettings | None = None, depthwise: bool = False, per_channel: bool = False):
         if settings is not None and not isinstance(settings, ECQxSettings):
             raise TypeError(f"ECQxWeightQuantizer takes an ECQxSettings, got {type(settings).__name__}.")
         self.settings = settings or ECQxSettings()
         self.depthwise = bool(depthwise)
+        self.per_channel = bool(per_channel)
 
     def build(self, tensor_shape: tf.TensorShape, name: str, layer: keras.layers.Layer) -> dict[str, tf.Variable]:
         def state(suffix: str, initial: float) -> tf.Variable:
@@ -180,21 +183,25 @@ class ECQxWeightQuantizer(tfmot_quantizers.Quantizer):
                     inputs = tf.identity(inputs)
             w_q = tf.cast(self.codes(inputs, weights), inputs.dtype) * grid.step
             w_q = straight_through(inputs, w_q, self.settings.gradient)
-        return pin_int8_scale(w_q, grid.step, self.depthwise)
+        return pin_int8_scale(w_q, grid.step, self.per_channel, self.depthwise)
 
     def get_config(self) -> dict[str, Any]:
-        return {"settings": self.settings.get_config(), "depthwise": self.depthwise}
+        return {"settings": self.settings.get_config(), "depthwise": self.depthwise, "per_channel": self.per_channel}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> ECQxWeightQuantizer:
-        """The quantizer of a config; tf_ecqx 0.1.0 stored the settings' fields flat."""
-        return cls(ECQxSettings.from_config(config.get("settings", config)), config.get("depthwise", False))
+        """The quantizer of a config; tf_ecqx 0.1.0 stored the settings' fields flat, and before per_channel was stored
+        the depthwise kernels were the ones pinned per channel."""
+        depthwise = config.get("depthwise", False)
+        settings = ECQxSettings.from_config(config.get("settings", config))
+        return cls(settings, depthwise, config.get("per_channel", depthwise))
 
     def __eq__(self, other: object) -> bool:
         return (
             isinstance(other, ECQxWeightQuantizer)
             and self.settings == other.settings
             and self.depthwise == other.depthwise
+            and self.per_channel == other.per_channel
         )
 
     def __ne__(self, other: object) -> bool:

@@ -203,3 +203,11 @@ def test_outputs_far_from_the_keras_model_fail_the_export_however_the_argmax_fal
     # outputs that hardly vary (an untrained model): a few output steps off is rounding, not a mistranslation
     flat = 1e-4 * reference
     assert agreement(flat, int8_grid(flat) + 0.03 * rng.integers(-2, 3, flat.shape)).relative_error < 0.2
+    # a model whose outputs move by 50 % when its inputs move by one step: a file 40 % off is rounding, 100 % is not
+    sensitive = reference + 0.5 * rng.normal(size=reference.shape)
+    drifted = reference + 0.4 * rng.normal(size=reference.shape)
+    assert agreement(reference, drifted, sensitive).sensitivity == pytest.approx(0.5, rel=0.05)
+    with pytest.raises(ExportError, match=r"differ .* by 40% .* moves the Keras outputs by 0%"):
+        agreement(reference, drifted)  # the same file from a model that is not that sensitive
+    with pytest.raises(ExportError, match=r"by 100% .* by 50%"):
+        agreement(reference, reference + rng.normal(size=reference.shape), sensitive)

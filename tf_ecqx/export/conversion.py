@@ -17,18 +17,31 @@ from tf_ecqx.quantization.kernels import frozen_kernels
 _DENSE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+def _input_ranges(qmodel: keras.Model) -> list[tuple[str, float, float]]:
+    """(name, low, high) of every input range tfmot calibrates (its QuantizeLayers)."""
+    ranges = []
+    for layer in qmodel.layers:
+        if isinstance(layer, QuantizeLayer):
+            low, high = (float(w.numpy()) for w in layer.weights if w.name.endswith(("_min:0", "_max:0")))
+            ranges.append((layer.name, low, high))
+    return ranges
+
+
 def check_calibrated(qmodel: keras.Model) -> None:
     """Refuse a QAT model that never ran fit: its input range is still tfmot's initial [0, 0], so every int8 input
     would be zero and the exported model would output a constant (which would even 'agree' with Keras)."""
-    for layer in qmodel.layers:
-        if isinstance(layer, QuantizeLayer):
-            low, high = (w.numpy() for w in layer.weights if w.name.endswith(("_min:0", "_max:0")))
-            if low == high:
-                raise ValueError(
-                    f"qmodel was never trained: the input range of {layer.name!r} is still [{low}, {high}] (tfmot "
-                    "calibrates activation ranges during fit). Fine-tune it with model.fit (a few steps suffice) "
-                    "before exporting."
-                )
+    for name, low, high in _input_ranges(qmodel):
+        if low == high:
+            raise ValueError(
+                f"qmodel was never trained: the input range of {name!r} is still [{low}, {high}] (tfmot "
+                "calibrates activation ranges during fit). Fine-tune it with model.fit (a few steps suffice) "
+                "before exporting."
+            )
+
+
+def input_step(qmodel: keras.Model) -> float:
+    """The step of the int8 input the file computes with: the largest calibrated input range / 255 (0 if none)."""
+    return max((high - low for _, low, high in _input_ranges(qmodel)), default=0.0) / 255
 
 
 def convert_int8(qmodel: keras.Model, calibration: np.ndarray, sparse: bool, float_io: bool = False) -> bytes:

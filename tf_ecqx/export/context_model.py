@@ -25,6 +25,7 @@ import numpy as np
 MAX_CLASSES = 16  # per axis: at most 256 contexts
 CLASS_CHOICES = (1, 2, 3, 4, 6, 8)  # class counts per axis the encoder tries
 REFINE_ROUNDS = 4  # rounds of moving each row and column to its cheapest class
+MIN_CLASSED_LINE = 8  # rows (columns) shorter than this get one class: their class index would cost what they hold
 DECODE_CHUNK = 2**20  # symbols per constriction call: bounds its int32 output to 4 MiB
 
 
@@ -153,11 +154,12 @@ def _refined(significant: np.ndarray, row_count: int, col_count: int) -> tuple[n
 def fit(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Row and column classes for a code matrix: of the class counts tried, those coding it in the fewest bytes."""
     significant = (matrix != 0).astype(np.float32)
+    rows, cols = matrix.shape
     candidates = [
         _refined(significant, row_count, col_count)
-        for row_count in CLASS_CHOICES
-        for col_count in CLASS_CHOICES
-        if row_count <= matrix.shape[0] and col_count <= matrix.shape[1]
+        for row_count in (CLASS_CHOICES if cols >= MIN_CLASSED_LINE else (1,))
+        for col_count in (CLASS_CHOICES if rows >= MIN_CLASSED_LINE else (1,))
+        if row_count <= rows and col_count <= cols
     ]
     return min(candidates, key=lambda classes: _cost(significant, *classes))
 

@@ -1,5 +1,5 @@
-"""The entropy-coded bitstream: bit-exact round trips, size at or below the entropy bound, refusal of bad files and of
-mismatching models, and loading into QAT and plain models. Crafted files here are version 1 (whose reading must stay
+"""The entropy-coded bitstream: bit-exact round trips, size near or below the codes' entropy, refusal of bad files and
+of mismatching models, and loading into QAT and plain models. Crafted files here are version 1 (whose reading must stay
 as defensive); test_context_model.py crafts version-2 files and covers the context model."""
 
 import contextlib

@@ -117,7 +117,7 @@ def _one_hot(labels: np.ndarray) -> np.ndarray:
 
 
 def _context_counts(significant: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Nonzero count and size of each context, as (row class, column class) matrices."""
+    """Nonzero count and size of each context, as (row class, column class) matrices: float32 sums, for the search."""
     by_row, by_col = _one_hot(rows), _one_hot(cols)
     nonzeros = np.rint(by_row.T @ significant @ by_col).astype(np.int64)
     return nonzeros, np.outer(by_row.sum(0), by_col.sum(0)).astype(np.int64)
@@ -181,19 +181,25 @@ def _context_cells(rows: np.ndarray, cols: np.ndarray) -> Iterator[tuple[int, tu
             yield a * len(col_members) + b, np.ix_(in_row, in_col)
 
 
+def _exact_nonzeros(significant: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> tuple[int, ...]:
+    """The nonzero count of each context in integers, row class major: what the header declares."""
+    per_row = np.stack([significant[:, cols == b].sum(1) for b in range(cols.max() + 1)], axis=1)
+    return tuple(np.stack([per_row[rows == a].sum(0) for a in range(rows.max() + 1)]).reshape(-1).tolist())
+
+
 def encode(matrix: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> tuple[ContextModel, bytes]:
     """The context model of a code matrix with these classes, and its payload (range-coder words, little-endian)."""
     significant = matrix != 0
-    nonzeros, sizes = _context_counts(significant.astype(np.float32), rows, cols)
     model = ContextModel(
-        tuple(np.bincount(rows).tolist()), tuple(np.bincount(cols).tolist()), tuple(nonzeros.reshape(-1).tolist())
+        tuple(np.bincount(rows).tolist()), tuple(np.bincount(cols).tolist()), _exact_nonzeros(significant, rows, cols)
     )
+    sizes = model.context_sizes()
     coder = constriction.stream.queue.RangeEncoder()
     for labels, counts in ((rows, model.row_counts), (cols, model.col_counts)):
         if len(counts) > 1:
             coder.encode(labels.astype(np.int32), categorical(counts))
     for context, cells in _context_cells(rows, cols):
-        if 0 < (ones := model.nonzeros[context]) < (size := int(sizes.reshape(-1)[context])):
+        if 0 < (ones := model.nonzeros[context]) < (size := int(sizes[context])):
             coder.encode(significant[cells].reshape(-1).astype(np.int32), categorical([size - ones, ones]))
     values, symbols = np.unique(matrix[significant], return_inverse=True)
     if values.size > 1:

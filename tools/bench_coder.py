@@ -5,8 +5,8 @@
 Each file (version 1 or 2, e.g. a copy of demo_output/kernels.ecqx from `make demo`) is decoded and its codes
 written again as version 2. Per kernel: the zeroth-order entropy N * H(codes) / 8, the payload bytes of the file as
 given (v1 for a version-1 file) and of version 2, and their ratio to the entropy; per file the same for whole files,
-every header byte included. The NNCodec column (DeepCABAC on the same integer codes) needs `nncodec` importable in
-this interpreter; it is never a dependency of tf_ecqx, and without it the column is skipped with the reason printed.
+every header byte included. An NNCodec column (DeepCABAC on the same integer codes) is not measured: nncodec (never a
+dependency of tf_ecqx) could not be installed here to wire it in, and the tool prints why the column is missing.
 Decoding time of each version-2 file is printed too. Everything is measured in this run.
 """
 

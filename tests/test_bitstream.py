@@ -1,5 +1,6 @@
-"""The entropy-coded bitstream: bit-exact round trips, size near the entropy bound, refusal of bad files and of
-mismatching models, and loading into QAT and plain models."""
+"""The entropy-coded bitstream: bit-exact round trips, size near or below the codes' entropy, refusal of bad files and
+of mismatching models, and loading into QAT and plain models. Crafted files here are version 1 (whose reading must stay
+as defensive); test_context_model.py crafts version-2 files and covers the context model."""
 
 import contextlib
 import struct
@@ -8,7 +9,9 @@ import tracemalloc
 import warnings
 import zlib
 from collections.abc import Iterator
+from pathlib import Path
 
+import constriction
 import numpy as np
 import pytest
 from conftest import small_cnn
@@ -19,13 +22,13 @@ from hypothesis.extra import numpy as hnp
 import tf_ecqx
 from tf_ecqx._keras import keras
 from tf_ecqx.export import BitstreamError, DecodedLayer, decode, encode, encode_layers, load_into, save
-from tf_ecqx.export.container import CRC, MAGIC, PREAMBLE, VERSION, _code_model, _compress, _varint
+from tf_ecqx.export.container import CRC, MAGIC, PREAMBLE, _code_model, _varint, read_headers
 from tf_ecqx.models import compile_for_classification
 from tf_ecqx.quantization.kernels import quantized_kernels
 from tf_ecqx.report import code_entropy
 
 LAMBDA = 0.2
-ANS_OVERHEAD_BYTES = 8  # at most two 32-bit words of ANS state per layer
+CODER_OVERHEAD_BYTES = 8  # at most two 32-bit words of coder state per layer
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +49,8 @@ def saved(trained, tmp_path_factory):
     return path
 
 
-def payload_bytes(codes: np.ndarray) -> int:
-    return len(_compress(codes, *_code_model(codes)))
+def payload_bytes(layer: DecodedLayer) -> int:
+    return len(read_headers(encode_layers([layer]), 2**28)[0].payload)
 
 
 def entropy_bytes(codes: np.ndarray) -> float:
@@ -85,7 +88,7 @@ def test_round_trip_is_bit_exact(trained, saved):
 def test_payload_within_one_percent_of_entropy_and_small_header(trained):
     codes = [k.codes().numpy() for k in quantized_kernels(trained[1])]
     data = encode(trained[1])
-    payload = sum(payload_bytes(c) for c in codes)
+    payload = sum(len(header.payload) for header in read_headers(data, 2**28))
     bound = sum(entropy_bytes(c) for c in codes)
     assert len(codes) == 5  # every Dense/Conv kernel of small_cnn(residual=True)
     assert payload <= 1.01 * bound
@@ -131,13 +134,13 @@ def test_decode_inverts_encode_layers(originals):
 def test_payload_stays_near_the_entropy_bound(n, levels, concentration, seed):
     rng = np.random.default_rng(seed)
     codes = rng.choice(levels, size=n, p=rng.dirichlet(np.full(levels, concentration))) - levels // 2
-    assert payload_bytes(codes) <= 1.01 * entropy_bytes(codes) + ANS_OVERHEAD_BYTES
     layer = synthetic_layer("dense", codes, bits=4)
+    assert payload_bytes(layer) <= 1.01 * entropy_bytes(codes) + CODER_OVERHEAD_BYTES
     np.testing.assert_array_equal(decode(encode_layers([layer]))[0].codes, codes)
 
 
 def test_a_single_code_costs_no_payload():
-    assert payload_bytes(np.zeros((64, 32), np.int32)) == 0
+    assert payload_bytes(synthetic_layer("dense", np.zeros((64, 32), np.int32))) == 0
 
 
 def test_encode_layers_refuses_codes_outside_the_grid_and_duplicate_names():
@@ -184,10 +187,38 @@ def test_foreign_file_is_refused(data):
         decode(data)
 
 
-def test_other_format_version_is_refused(good_bytes):
-    other = good_bytes[:4] + bytes([2]) + good_bytes[5:]
-    with pytest.raises(BitstreamError, match="version 2 cannot be read.*reads version 1"):
+@pytest.mark.parametrize("version", [0, 3, 255])
+def test_other_format_version_is_refused(good_bytes, version):
+    other = good_bytes[:4] + bytes([version]) + good_bytes[5:]
+    with pytest.raises(BitstreamError, match=f"version {version} cannot be read.*reads versions 1, 2"):
         decode(other)
+
+
+def fixture_layers() -> list[DecodedLayer]:
+    """The layers tests/data/v1.ecqx holds: written by the version-1 encoder (before version 2 existed)."""
+
+    def codes(shape: tuple[int, ...], levels: int, offset: int) -> np.ndarray:
+        n = int(np.prod(shape))
+        return ((np.arange(n, dtype=np.int64) * 2654435761 >> 5) % levels - offset).reshape(shape)
+
+    dense = codes((12, 10), 7, 3)
+    dense[3] = 0
+    return [
+        DecodedLayer("dense", 4, np.float32(0.03125), -8, 7, dense),
+        DecodedLayer("conv", 3, np.float32(0.5), -4, 3, codes((3, 3, 2, 4), 8, 4)),
+        DecodedLayer("bias", 8, np.float32(1e-3), -127, 127, codes((33,), 255, 127)),
+        DecodedLayer("zeros", 2, np.float32(2.0), -2, 1, np.zeros((5, 7), np.int64)),
+    ]
+
+
+def test_a_version_1_file_still_decodes_bit_exactly():
+    data = (Path(__file__).parent / "data" / "v1.ecqx").read_bytes()
+    assert data[4] == 1
+    for a, b, header in zip(fixture_layers(), decode(data), read_headers(data, 2**28), strict=True):
+        assert (b.name, b.shape, b.bits, b.k_min, b.k_max) == (a.name, a.shape, a.bits, a.k_min, a.k_max)
+        assert bits_of(b.step) == bits_of(a.step)
+        np.testing.assert_array_equal(b.codes, a.codes)
+        assert header.payload == (ans_payload(a.codes) if np.unique(a.codes).size > 1 else b"")  # crafting as written
 
 
 def test_load_into_refuses_a_corrupt_file_and_changes_nothing(trained, saved, tmp_path):
@@ -202,16 +233,27 @@ def test_load_into_refuses_a_corrupt_file_and_changes_nothing(trained, saved, tm
         np.testing.assert_array_equal(a, b)
 
 
-# --- crafted files: CRC-valid, with header fields no writer produces ---
+# --- crafted version-1 files: CRC-valid, with header fields no writer produces ---
 
 CRAFT_CODES = np.array([[0, 1, 1, 0], [-1, 1, 0, 0]])
 
 
-def container(*records: bytes) -> bytes:
+def container(*records: bytes, version: int = 1) -> bytes:
     """A container around raw layer records, its length and CRC computed as the writer does."""
     body = _varint(len(records)) + b"".join(records)
-    head = PREAMBLE.pack(MAGIC, VERSION, PREAMBLE.size + len(body) + CRC.size)
+    head = PREAMBLE.pack(MAGIC, version, PREAMBLE.size + len(body) + CRC.size)
     return head + body + CRC.pack(zlib.crc32(head + body))
+
+
+def ans_payload(codes: np.ndarray) -> bytes:
+    """The version-1 payload of these codes: ANS-coded under their counts, as the version-1 encoder wrote it."""
+    lo, counts = _code_model(codes)
+    present = np.flatnonzero(counts)
+    symbols = np.searchsorted(present, codes.reshape(-1).astype(np.int64) - lo).astype(np.int32)
+    coder = constriction.stream.stack.AnsCoder()
+    coder.encode_reverse(symbols, constriction.stream.model.Categorical(counts[present].astype(float), perfect=False))
+    raw = coder.get_compressed().astype("<u4").tobytes()
+    return raw[: max(len(raw.rstrip(b"\0")), len(raw) - 3)]
 
 
 def record(
@@ -225,9 +267,9 @@ def record(
     counts: tuple[int, ...] = (1, 4, 3),
     payload: bytes | None = None,
 ) -> bytes:
-    """One layer record, field by field in the order of the format; the defaults describe CRAFT_CODES."""
+    """One version-1 layer record, field by field in the order of the format; the defaults describe CRAFT_CODES."""
     if payload is None:
-        payload = _compress(CRAFT_CODES, *_code_model(CRAFT_CODES))
+        payload = ans_payload(CRAFT_CODES)
     return b"".join(
         [
             _varint(len(name)),
@@ -242,9 +284,7 @@ def record(
     )
 
 
-def test_crafted_defaults_are_what_encode_layers_writes():
-    layer = DecodedLayer("fc", 4, np.float32(0.5), -8, 7, CRAFT_CODES)
-    assert container(record()) == encode_layers([layer])
+def test_crafted_defaults_decode_to_the_craft_codes():
     np.testing.assert_array_equal(decode(container(record()))[0].codes, CRAFT_CODES)
 
 
@@ -265,7 +305,7 @@ HOSTILE = {
     "rank 100": (record(shape=(1,) * 98 + (2, 4)), "rank must be at most 8, got 100"),
     "varint of 2**70": (record(shape=(2**70,), **ZEROS), "varint at byte 18 is longer than 10 bytes"),
     "varint of 2**64": (record(shape=(2**64,), **ZEROS), "varint at byte 18 exceeds 64 bits"),
-    "zero ANS word": (record(payload=bytes(4)), "payload of layer 'fc' cannot be ANS-decoded"),
+    "zero ANS word": (record(payload=bytes(4)), "payload of layer 'fc' cannot be decoded"),
     "payload shorter than its entropy": (
         record(shape=(1024,), occurring=(0, 1), counts=(512, 512), payload=b"\x01" * 100),
         "100-byte payload; the entropy of its 1024 codes needs at least 119 bytes",
@@ -465,7 +505,7 @@ HOSTILE_FOR_FC = {
     "bits 200": (record(**FC_ZEROS, bits=200), "bits must be an integer from 2 to 8, got 200"),
     "zero ANS word": (
         record(shape=(64, 32), occurring=(0, 1), counts=(2047, 1), payload=bytes(4)),
-        "payload of layer 'fc' cannot be ANS-decoded",
+        "payload of layer 'fc' cannot be decoded",
     ),
 }
 
@@ -487,6 +527,16 @@ def test_load_into_compares_the_headers_with_the_model_before_decoding_payloads(
     (tmp_path / "other.ecqx").write_bytes(container(undecodable))
     with pytest.raises(ValueError, match="nothing was changed.*\n  - other: in the file, not a layer with a kernel"):
         load_into(plain_dense_model(), tmp_path / "other.ecqx")
+
+
+def test_load_into_reads_a_version_1_file(tmp_path):
+    codes = np.random.default_rng(4).choice([-2, 0, 1], size=(64, 32), p=[0.2, 0.7, 0.1])
+    counts = tuple(np.bincount(codes.reshape(-1) + 2).tolist())
+    v1 = record(shape=(64, 32), occurring=(-2, 1), counts=counts, payload=ans_payload(codes))
+    (tmp_path / "v1.ecqx").write_bytes(container(v1))
+    model = plain_dense_model()
+    load_into(model, tmp_path / "v1.ecqx")
+    np.testing.assert_array_equal(model.get_layer("fc").kernel.numpy(), codes.astype(np.float32) * np.float32(0.5))
 
 
 def test_load_into_passes_max_weights_on(tmp_path):

@@ -1,22 +1,33 @@
 """Entropy-coded container for the kernel codes of an ECQx model: the compact file to ship or archive a model in.
 
-Each kernel's integer codes are ANS-coded (constriction) under their own empirical distribution, so a layer costs
-about N * H(codes) / 8 bytes. Layout, version 1, little-endian, varint = unsigned LEB128:
+Version 2 (written) codes each kernel under a context model (context_model.py): which codes are zero, per
+(row class, column class) of the code matrix, then the nonzero codes, all range-coded (constriction). Version 1
+(still read) ANS-coded each kernel under its zeroth-order distribution, about N * H(codes) / 8 bytes. Layout,
+little-endian, varint = unsigned LEB128:
 
     magic b"ECQX" | version u8 | total length u64
     layer count varint, then per layer:
         name (varint length, UTF-8) | rank u8, dims varint... | bits u8 | step f32 | grid k_min i8, k_max i8
         | code model: occurring range lo i8, hi i8, count varint per code lo..hi (0 = absent)
-        | payload length varint | payload (ANS words as u32, zero high bytes of the last word dropped)
+        | version 2 with two or more distinct codes only, the context model:
+            row classes u8, rows per class varint... | column classes u8, columns per class varint...
+            | nonzero codes per context varint... (row class major)
+        | payload length varint | payload (coder words as u32, zero high bytes of the last word dropped)
     crc32 u32 of every byte before it
+
+The payload is, in version 1, the ANS-coded codes; in version 2 one range-coder stream of the row classes, the
+column classes, each context's significance bits and the nonzero codes (each part left out where it holds one value).
 
 Reading trusts nothing the checksum cannot vouch for. Every layer header is read and checked before any payload is
 decoded (and, in `load_into`, compared with the model): a varint has at most 10 bytes (64 bits); name is UTF-8 and
 unique; rank <= 8, dims >= 0; bits in 2..8; grid k_min <= 0 <= k_max with at most 2**bits levels; step a finite
-float32 > 0 whose extreme levels stay finite; lo..hi inside the grid; counts sum to the number of weights; a layer
-with one distinct code (or none) has an empty payload, any other a payload of at least its counts' entropy
-N * H(counts) / 8 bytes (less a small slack for ANS rounding). The weights of all layers together must not exceed
-`max_weights` (decode, load_into), so a file of a few bytes cannot demand gigabytes.
+float32 > 0 whose extreme levels stay finite; lo..hi inside the grid; counts sum to the number of weights; 1 to 16
+classes per axis, none empty, adding up to the rows and columns; no context with more nonzero codes than cells, and
+the nonzero codes of all contexts as many as the counts say. A layer with one distinct code (or none) has an empty
+payload, any other a payload of at least the information its header implies (the entropy of its counts, in version
+2 of its classes, contexts and nonzero codes: N * H / 8 bytes, less a small slack for coder rounding). Decoded
+payloads must reproduce every declared count and leave no data unread. The weights of all layers together must not
+exceed `max_weights` (decode, load_into), so a file of a few bytes cannot demand gigabytes.
 
 This module is the format alone, pure numpy (`encode_layers`, `read_headers`, `decode`); bitstream.py connects it
 to Keras models (`encode`, `save`, `load_into`).
@@ -35,9 +46,12 @@ import constriction
 import numpy as np
 
 from tf_ecqx.ecq.bits import MAX_BITS, MIN_BITS, check_bits
+from tf_ecqx.export import context_model
+from tf_ecqx.export.context_model import DECODE_CHUNK, ContextModel, categorical, entropy_bits
 
 MAGIC = b"ECQX"
-VERSION = 1
+VERSION = 2  # written
+READ_VERSIONS = (1, 2)
 PREAMBLE = struct.Struct("<4sBQ")  # magic, version, total length
 CRC = struct.Struct("<I")
 INT8_MIN, INT8_MAX = -128, 127
@@ -46,10 +60,10 @@ MAX_RANK = 8  # Keras kernels have rank <= 5
 VARINT_MAX_BYTES = 10  # 64 bits
 DEFAULT_MAX_WEIGHTS = 2**28  # 256 MiB of int8 codes, 1 GiB of float32 values
 # ANS rounds each state update down by at most f / 2**32 <= 2**-8 of the symbol's information (24-bit probabilities f,
-# state >= 2**32); the bytes cover the start, where the state is smaller. Real payloads exceed the entropy.
+# state >= 2**32); the bytes cover the start, where the state is smaller, and the range coder's final flush. Real
+# payloads exceed the entropy.
 ENTROPY_SLACK_FRACTION = 2**-8
 ENTROPY_SLACK_BYTES = 8
-DECODE_CHUNK = 2**20  # symbols per constriction call: bounds its int32 output to 4 MiB
 # The exception types constriction's extension module raises (PyExc_* it references); on decoding, bad data.
 CONSTRICTION_ERRORS = (ValueError, RuntimeError, AssertionError, OverflowError)
 
@@ -143,32 +157,9 @@ def _code_model(codes: np.ndarray) -> tuple[int, np.ndarray]:
     return lo, np.bincount(flat - lo)
 
 
-def _categorical(counts: Sequence[int]) -> constriction.stream.model.Categorical:
-    """The entropy model of the occurring codes: their counts as float64, exact on the encoding and decoding side."""
-    weights = np.asarray(counts, np.float64)
-    return constriction.stream.model.Categorical(weights[weights > 0], perfect=False)
-
-
-def _compress(codes: np.ndarray, lo: int, counts: np.ndarray) -> bytes:
-    present = np.flatnonzero(counts)
-    if present.size <= 1:  # a single code (or none) is fully described by the code model
-        return b""
-    symbols = np.searchsorted(present, codes.reshape(-1).astype(np.int64) - lo).astype(np.int32)
-    coder = constriction.stream.stack.AnsCoder()
-    coder.encode_reverse(symbols, _categorical(counts))
-    raw = coder.get_compressed().astype("<u4").tobytes()
-    return raw[: max(len(raw.rstrip(b"\0")), len(raw) - 3)]  # drop zero high bytes of the last word only
-
-
-def _entropy_bits(counts: Sequence[int]) -> float:
-    """N * H(counts): no coder, whatever its model, spends fewer bits on codes with these counts (Gibbs)."""
-    total = sum(counts)
-    return sum(c * math.log2(total / c) for c in counts if c)
-
-
-def _minimum_payload_bytes(counts: Sequence[int]) -> int:
-    """The shortest ANS payload that can hold codes with these counts: their entropy less the rounding slack."""
-    return math.floor(_entropy_bits(counts) / 8 * (1 - ENTROPY_SLACK_FRACTION)) - ENTROPY_SLACK_BYTES
+def _minimum_payload_bytes(bits: float) -> int:
+    """The shortest payload that can carry this much information: its bytes less the rounding slack."""
+    return math.floor(bits / 8 * (1 - ENTROPY_SLACK_FRACTION)) - ENTROPY_SLACK_BYTES
 
 
 # --- layers -> bytes ---
@@ -204,11 +195,32 @@ def _check_layer(layer: DecodedLayer) -> None:
         raise ValueError(f"{where}: codes must lie in the grid [{layer.k_min}, {layer.k_max}].")
 
 
+def _context_bytes(model: ContextModel) -> bytes:
+    return b"".join(
+        [
+            struct.pack("<B", len(model.row_counts)),
+            *(_varint(c) for c in model.row_counts),
+            struct.pack("<B", len(model.col_counts)),
+            *(_varint(c) for c in model.col_counts),
+            *(_varint(n) for n in model.nonzeros),
+        ]
+    )
+
+
+def _coded(codes: np.ndarray, counts: np.ndarray) -> tuple[bytes, bytes]:
+    """The context-model fields and the payload of codes with these counts (neither for a single code)."""
+    if np.count_nonzero(counts) <= 1:
+        return b"", b""
+    matrix = codes.reshape(context_model.matrix_shape(codes.shape)).astype(np.int64)
+    model, payload = context_model.encode(matrix, *context_model.fit(matrix))
+    return _context_bytes(model), payload
+
+
 def _layer_bytes(layer: DecodedLayer) -> bytes:
     _check_layer(layer)
     name = layer.name.encode("utf-8")
     lo, counts = _code_model(layer.codes)
-    payload = _compress(layer.codes, lo, counts)
+    context, payload = _coded(layer.codes, counts)
     return b"".join(
         [
             _varint(len(name)),
@@ -218,6 +230,7 @@ def _layer_bytes(layer: DecodedLayer) -> bytes:
             struct.pack("<Bfbb", layer.bits, layer.step, layer.k_min, layer.k_max),
             struct.pack("<bb", lo, lo + len(counts) - 1),
             *(_varint(int(c)) for c in counts),
+            context,
             _varint(len(payload)),
             payload,
         ]
@@ -239,7 +252,10 @@ def encode_layers(layers: Sequence[DecodedLayer]) -> bytes:
 
 @dataclass(frozen=True)
 class LayerHeader:
-    """One layer as its file declares it, all but the codes themselves (still ANS-coded in `payload`)."""
+    """One layer as its file declares it, all but the codes themselves (still entropy-coded in `payload`).
+
+    `context` is the layer's context model in a version-2 file with two or more distinct codes, else None.
+    """
 
     name: str
     shape: tuple[int, ...]
@@ -249,11 +265,25 @@ class LayerHeader:
     k_max: int
     lo: int
     counts: tuple[int, ...]
+    context: ContextModel | None
     payload: bytes
 
     @property
     def size(self) -> int:
         return math.prod(self.shape)
+
+    @property
+    def zeros(self) -> int:
+        """How many codes are 0."""
+        return self.counts[-self.lo] if self.lo <= 0 <= self.lo + len(self.counts) - 1 else 0
+
+    @property
+    def information_bits(self) -> float:
+        """What the payload must carry at the least: the entropy of the counts, or of the context model's parts."""
+        if self.context is None:
+            return entropy_bits(self.counts)
+        nonzero = [count for code, count in enumerate(self.counts, self.lo) if code and count]
+        return context_model.minimum_bits(self.context, nonzero)
 
 
 def _check_container(data: bytes) -> None:
@@ -264,10 +294,10 @@ def _check_container(data: bytes) -> None:
             f"Not an ECQx bitstream: it starts with {data[:4]!r}, not {MAGIC!r}. Pass a file "
             "written by tf_ecqx.export.save."
         )
-    if len(data) > 4 and data[4] != VERSION:
+    if len(data) > 4 and data[4] not in READ_VERSIONS:
         raise BitstreamError(
-            f"ECQx bitstream format version {data[4]} cannot be read: this tf_ecqx reads version "
-            f"{VERSION}. Use the tf_ecqx release that wrote it, or export the model again."
+            f"ECQx bitstream format version {data[4]} cannot be read: this tf_ecqx reads versions "
+            f"{', '.join(map(str, READ_VERSIONS))}. Use the tf_ecqx release that wrote it, or export the model again."
         )
     if len(data) < PREAMBLE.size + CRC.size:
         raise BitstreamError(f"ECQx bitstream truncated: {len(data)} bytes, shorter than its fixed header. {rewrite}")
@@ -303,14 +333,23 @@ def _check_code_model(header: LayerHeader) -> None:
     distinct = sum(1 for count in header.counts if count)
     if distinct <= 1 and header.payload:
         raise _malformed(f"{where} has a single code, which needs no payload, but {len(header.payload)} payload bytes")
-    if distinct > 1 and len(header.payload) < (needed := _minimum_payload_bytes(header.counts)):
+    if header.context and (problem := context_model.model_problem(header.context, header.shape, header.zeros)):
+        raise _malformed(f"{where}: {problem}")
+    if distinct > 1 and len(header.payload) < (needed := _minimum_payload_bytes(header.information_bits)):
         raise _malformed(
             f"{where} has a {len(header.payload)}-byte payload; the entropy of its {header.size} codes needs at least "
             f"{needed} bytes"
         )
 
 
-def _read_header(reader: _Reader) -> LayerHeader:
+def _read_context(reader: _Reader) -> ContextModel:
+    row_counts = tuple(reader.varint() for _ in range(reader.unpack("<B")[0]))
+    col_counts = tuple(reader.varint() for _ in range(reader.unpack("<B")[0]))
+    nonzeros = tuple(reader.varint() for _ in range(len(row_counts) * len(col_counts)))
+    return ContextModel(row_counts, col_counts, nonzeros)
+
+
+def _read_header(reader: _Reader, version: int) -> LayerHeader:
     name = _read_name(reader)
     (rank,) = reader.unpack("<B")
     shape = tuple(reader.varint() for _ in range(rank))
@@ -320,7 +359,9 @@ def _read_header(reader: _Reader) -> LayerHeader:
     if not k_min <= lo <= hi <= k_max:
         raise _malformed(f"layer {name!r} has codes [{lo}, {hi}] outside its grid [{k_min}, {k_max}]")
     counts = tuple(reader.varint() for _ in range(hi - lo + 1))
-    header = LayerHeader(name, shape, bits, np.float32(step), k_min, k_max, lo, counts, reader.take(reader.varint()))
+    context = _read_context(reader) if version > 1 and sum(1 for c in counts if c) > 1 else None
+    payload = reader.take(reader.varint())
+    header = LayerHeader(name, shape, bits, np.float32(step), k_min, k_max, lo, counts, context, payload)
     _check_code_model(header)
     return header
 
@@ -339,7 +380,7 @@ def read_headers(data: bytes, max_weights: int) -> list[LayerHeader]:
     """The checked headers of every layer of an intact container, without decoding any payload."""
     _check_container(data)
     reader = _Reader(data, PREAMBLE.size, len(data) - CRC.size)
-    headers = [_read_header(reader) for _ in range(reader.varint())]
+    headers = [_read_header(reader, data[4]) for _ in range(reader.varint())]
     if reader.pos != reader.end:
         raise _malformed(f"{reader.end - reader.pos} bytes follow the last layer")
     repeated = sorted(name for name, count in Counter(header.name for header in headers).items() if count > 1)
@@ -352,29 +393,38 @@ def read_headers(data: bytes, max_weights: int) -> list[LayerHeader]:
 # --- payloads -> codes ---
 
 
-def _ans_decode_into(codes: np.ndarray, header: LayerHeader, occurring: np.ndarray) -> None:
-    """Fill flat `codes` from the payload, a chunk at a time; a payload constriction refuses is malformed."""
+def _ans_decoded(header: LayerHeader, occurring: np.ndarray) -> np.ndarray:
+    """The flat codes of a version-1 payload, decoded a chunk at a time."""
     padded = header.payload + b"\0" * (-len(header.payload) % 4)
-    model = _categorical(header.counts)
-    try:
-        coder = constriction.stream.stack.AnsCoder(np.frombuffer(padded, "<u4").astype(np.uint32))
-        for start in range(0, codes.size, DECODE_CHUNK):
-            symbols = coder.decode(model, min(DECODE_CHUNK, codes.size - start))
-            codes[start : start + symbols.size] = occurring[symbols]
-        surplus = not coder.is_empty()
-    except CONSTRICTION_ERRORS as error:
-        raise _malformed(f"the payload of layer {header.name!r} cannot be ANS-decoded: {error}") from error
-    if surplus:
-        raise _malformed(f"the payload of layer {header.name!r} holds more data than its {codes.size} codes")
+    model = categorical([count for count in header.counts if count])
+    codes = np.empty(header.size, np.int8)
+    coder = constriction.stream.stack.AnsCoder(np.frombuffer(padded, "<u4").astype(np.uint32))
+    for start in range(0, codes.size, DECODE_CHUNK):
+        symbols = coder.decode(model, min(DECODE_CHUNK, codes.size - start))
+        codes[start : start + symbols.size] = occurring[symbols]
+    if not coder.is_empty():
+        raise context_model.PayloadMismatch(f"it holds more data than its {codes.size} codes")
+    return codes
 
 
 def _decompress(header: LayerHeader) -> np.ndarray:
-    """The codes of a checked header: read-only int8, a single code broadcast rather than repeated in memory."""
+    """The codes of a checked header: read-only int8, a single code broadcast rather than repeated in memory.
+
+    A payload that the coder refuses, or that decodes to other counts than declared, is malformed.
+    """
     occurring = np.array([header.lo + i for i, count in enumerate(header.counts) if count], np.int8)
     if occurring.size <= 1:
         return np.broadcast_to(occurring[0] if occurring.size else np.int8(0), header.shape)
-    codes = np.empty(header.size, np.int8)
-    _ans_decode_into(codes, header, occurring)
+    try:
+        if header.context is None:
+            codes = _ans_decoded(header, occurring)
+        else:
+            nonzero = occurring != 0
+            counts = [count for count in header.counts if count]
+            values, value_counts = occurring[nonzero], [c for c, keep in zip(counts, nonzero, strict=True) if keep]
+            codes = context_model.decode(header.payload, header.shape, header.context, values, value_counts)
+    except CONSTRICTION_ERRORS as error:
+        raise _malformed(f"the payload of layer {header.name!r} cannot be decoded: {error}") from error
     codes.flags.writeable = False
     return codes.reshape(header.shape)
 
@@ -384,7 +434,7 @@ def decode_layer(header: LayerHeader) -> DecodedLayer:
 
 
 def decode(data: bytes, *, max_weights: int = DEFAULT_MAX_WEIGHTS) -> list[DecodedLayer]:
-    """The layers of an ECQx bitstream, bit-exact; raises BitstreamError for anything but an intact version-1 file.
+    """The layers of an ECQx bitstream, bit-exact; raises BitstreamError for anything but an intact file (version 1, 2).
 
     Every header is checked before any payload is decoded; `max_weights` caps the weights of all layers together.
     """

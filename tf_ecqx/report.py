@@ -26,7 +26,7 @@ class LayerStats:
 
     @property
     def entropy_bytes(self) -> float:
-        """Size of the kernel at its entropy bound, in bytes."""
+        """Size of the kernel at the zeroth-order entropy of its codes, in bytes (what a memoryless coder can reach)."""
         return self.n_weights * self.entropy / 8
 
     def as_dict(self) -> dict[str, float | int | str]:
@@ -69,7 +69,7 @@ def layer_stats(qmodel: keras.Model) -> list[LayerStats]:
 
 @dataclass(frozen=True)
 class ModelTotals:
-    """Totals over all quantized kernels: weights, fraction of zero codes, mean entropy, bytes at the entropy bound."""
+    """Totals over all quantized kernels: weights, fraction of zero codes, mean entropy, bytes at that entropy."""
 
     n_weights: int
     sparsity: float
@@ -86,7 +86,7 @@ def model_totals(stats: list[LayerStats]) -> ModelTotals:
 
 
 def format_layer_table(stats: list[LayerStats]) -> str:
-    """A fixed-width table of layer statistics with a total row (size at the entropy bound vs float32)."""
+    """A fixed-width table of layer statistics with a total row (size at the zeroth-order entropy vs float32)."""
     header = f"{'layer':<24}{'bits':>5}{'weights':>10}{'sparsity':>10}{'entropy':>9}{'codes':>7}{'bytes@H':>10}"
     rows = [header, "-" * len(header)]
     for s in stats:

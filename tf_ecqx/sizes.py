@@ -57,8 +57,8 @@ def size_table(
     qmodel: keras.Model, representative_data: np.ndarray | tf.data.Dataset, directory: str | os.PathLike | None = None
 ) -> list[SizeRow]:
     """Bytes of: float32 / int8 / sparse int8 TFLite (and gzip of each), the micro flatbuffer (to_tflite's smallest
-    TFLM encoding per filter), the bitstream, and the entropy bound of the kernel codes. The TFLite files are written
-    to `directory` (a temporary one if None).
+    TFLM encoding per filter), the bitstream, and the zeroth-order entropy of the kernel codes. The TFLite files are
+    written to `directory` (a temporary one if None).
     """
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(directory or scratch)
@@ -79,7 +79,7 @@ def size_table(
             rows[f"{name}, gzip -9"] = _gzip_size(data)
     rows["bitstream (quantized kernels)"] = len(bitstream)
     rows["bitstream + float32 biases/BatchNorm"] = len(bitstream) + _unquantized_parameter_bytes(qmodel, plain)
-    rows["entropy bound of the kernel codes"] = int(np.ceil(sum(s.entropy_bytes for s in layer_stats(qmodel))))
+    rows["zeroth-order entropy of the kernel codes"] = int(np.ceil(sum(s.entropy_bytes for s in layer_stats(qmodel))))
     reference = rows["float32 TFLite"]
     return [SizeRow(name, size, reference / size) for name, size in rows.items()]
 

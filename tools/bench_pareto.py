@@ -6,7 +6,7 @@ Every point starts from the same cached float model and gets the same fine-tunin
 lr 1e-3, batch 64, `--steps` steps on the shuffled 60k training images; the multi-stage tfmot pipelines get that
 budget for each stage). Accuracy is that of the exported `.tflite` run in LiteRT on the 10k test images (tfmot's files
 are run dense: LiteRT's default XNNPACK delegate cannot prepare their int8 DENSIFY weights; the math is the same).
-Sizes: our bitstream, gzip -9 of the sparse int8 `.tflite`, the micro (TFLM) flatbuffer, and the entropy bound of
+Sizes: our bitstream, gzip -9 of the sparse int8 `.tflite`, the micro (TFLM) flatbuffer, and the zeroth-order entropy of
 the int8 kernel values. Results: benchmarks/results/full/pareto_<model>.{csv,json,png} (--quick: results/quick/),
 rewritten after every point.
 --quick: demo CNN and MLP at 4 bit, two lambdas each for ECQ/ECQx, tfmot PTQ and QAT, 300 steps (about 10 minutes).
@@ -72,7 +72,7 @@ def litert_accuracy(data: bytes, test: Split) -> float:
 
 
 def kernel_statistics(dense: bytes) -> tuple[float, int]:
-    """Sparsity and entropy bound (bytes) of the int8 filters of a dense .tflite."""
+    """Sparsity and zeroth-order entropy (bytes) of the int8 filters of a dense .tflite."""
     kernels = [t.values for t in flatbuffer.weight_tensors(flatbuffer.load(dense)) if t.values is not None]
     total = sum(k.size for k in kernels)
     zeros = sum(int(np.sum(k == 0)) for k in kernels)

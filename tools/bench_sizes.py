@@ -35,7 +35,7 @@ COLUMNS = {
     "sparse int8 TFLite, gzip -9": "sparse int8 gz",
     MICRO_ROW: "micro (TFLM)",
     "bitstream (quantized kernels)": "bitstream",
-    "entropy bound of the kernel codes": "entropy bound",
+    "zeroth-order entropy of the kernel codes": "entropy (0th order)",
 }
 
 

@@ -75,3 +75,11 @@ def test_ecqx_shift_reports_every_kernel_within_the_sparsity_interval():
     for row in rows:
         ecq, ecqx = float(row[3].strip(" %")), float(row[4].strip(" %"))
         assert ecq - 10.0 - 0.1 <= ecqx <= ecq + 0.1, row  # [s_ECQ - p, s_ECQ] with p = 0.1, printed to 0.1 %
+
+
+def test_export_drift_prints_ours_beside_tfmot():
+    out = run_tool("export_drift.py", "--model", "MobileNet", "--images", "64")
+    rows = [line.split(" | ") for line in out.splitlines() if line.startswith(("tfmot QAT |", "tf_ecqx ECQ 4 bit |"))]
+    assert len(rows) == 2, out
+    for _, accuracy, error, sensitivity, agreement in rows:
+        assert 0 <= float(accuracy) <= 1 and float(error) >= 0 and float(sensitivity) >= 0 and agreement.endswith("%")

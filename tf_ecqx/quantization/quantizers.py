@@ -74,9 +74,9 @@ def _flat_ecq_codes(w, step, k_min, k_max, lambda_, size_factor) -> tf.Tensor:
     return assign.ecq_codes(w, Grid(step, k_min, k_max), lambda_, size_factor)
 
 
-@tf.function(input_signature=[_FLAT, _FLOAT, _INT, _INT, _FLOAT, _FLAT, _FLOAT, _FLOAT], autograph=False)
-def _flat_ecqx_codes(w, step, k_min, k_max, lambda_, relevance, p, size_factor) -> tf.Tensor:
-    return assign.ecqx_codes(w, Grid(step, k_min, k_max), lambda_, relevance, p, size_factor)
+@tf.function(input_signature=[_FLAT, _FLOAT, _INT, _INT, _FLOAT, _FLAT, _FLOAT, _FLOAT, _FLOAT], autograph=False)
+def _flat_ecqx_codes(w, step, k_min, k_max, lambda_, relevance, p, q, size_factor) -> tf.Tensor:
+    return assign.ecqx_codes(w, Grid(step, k_min, k_max), lambda_, relevance, p, size_factor, q)
 
 
 class ECQxWeightQuantizer(tfmot_quantizers.Quantizer):
@@ -141,7 +141,7 @@ class ECQxWeightQuantizer(tfmot_quantizers.Quantizer):
             codes = _flat_ecq_codes(flat, *terms, weights["size_factor"])
         else:
             relevance = tf.reshape(weights["relevance"], [-1])
-            codes = _flat_ecqx_codes(flat, *terms, relevance, settings.p, weights["size_factor"])
+            codes = _flat_ecqx_codes(flat, *terms, relevance, settings.p, settings.q, weights["size_factor"])
         return tf.reshape(codes, kernel.shape if kernel.shape.is_fully_defined() else tf.shape(kernel))
 
     @staticmethod

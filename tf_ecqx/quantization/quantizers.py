@@ -2,8 +2,9 @@
 
 Its state lives in non-trainable variables of the wrapping layer (so it saves and restores with the model): the grid
 (step, k_min, k_max), fixed after `initialize`, and the layer-size factor d_l; with ECQx also the weight relevances and
-a refresh budget that RelevanceCallback sets. The assignment itself is recomputed from the float shadow weights at
-every call, inside the compiled train step.
+a refresh budget that RelevanceCallback sets. The user's lambda is a variable too (starting at settings.lambda_), which
+LambdaSchedule assigns during fit without retracing the train step, and which a saved model keeps. The assignment
+itself is recomputed from the float shadow weights at every call, inside the compiled train step.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from tf_ecqx.quantization.settings import ECQxSettings
 
 # Key of the quantizer state under which `kernels.frozen_kernels` puts each kernel's quantized values while exporting.
 FROZEN_VALUES = "frozen_values"
+# Key of the user's lambda in the quantizer state: starts at settings.lambda_, LambdaSchedule assigns it during fit.
+LAMBDA = "lambda"
 
 
 def straight_through(w: tf.Tensor, w_q: tf.Tensor, rule: str) -> tf.Tensor:
@@ -108,6 +111,7 @@ class ECQxWeightQuantizer(tfmot_quantizers.Quantizer):
             "k_max": state("k_max", 0.0),
             "size_factor": state("size_factor", 1.0),
         }
+        variables[LAMBDA] = state(LAMBDA, self.settings.lambda_)
         if self.settings.ecqx:
             variables["relevance"] = layer.add_weight(
                 f"{name}_ecqx_relevance", shape=tensor_shape, initializer="zeros", trainable=False
@@ -136,7 +140,7 @@ class ECQxWeightQuantizer(tfmot_quantizers.Quantizer):
         """Integer codes k* of the kernel under the current assignment (relevance-corrected with ECQx)."""
         settings, grid = self.settings, self.grid(weights)
         flat = tf.reshape(tf.cast(kernel, tf.float32), [-1])
-        terms = (grid.step, grid.k_min, grid.k_max, settings.lambda_)
+        terms = (grid.step, grid.k_min, grid.k_max, weights[LAMBDA])
         if not settings.ecqx:
             codes = _flat_ecq_codes(flat, *terms, weights["size_factor"])
         else:

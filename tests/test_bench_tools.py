@@ -75,3 +75,10 @@ def test_ecqx_shift_reports_every_kernel_within_the_sparsity_interval():
     for row in rows:
         ecq, ecqx = float(row[3].strip(" %")), float(row[4].strip(" %"))
         assert ecq - 10.0 - 0.1 <= ecqx <= ecq + 0.1, row  # [s_ECQ - p, s_ECQ] with p = 0.1, printed to 0.1 %
+
+
+def test_bench_levers_prints_a_row_per_lever():
+    out = run_tool("bench_levers.py", "--steps", "5")
+    rows = {line[:28].strip(): line.split()[-4:] for line in out.splitlines()[3:]}
+    assert set(rows) == {"ECQ", "ECQ + lambda ramp", "ECQ + distillation", "ECQx q=0 (reference)", "ECQx q=0.05"}, out
+    assert all(0.1 < float(accuracy) <= 1 and int(size) > 0 for accuracy, _, size, _ in rows.values())

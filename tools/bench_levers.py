@@ -1,6 +1,6 @@
 """Issue 17's training levers side by side: one fine-tuning run per lever against its baseline, from the cached float.
 
-    python tools/bench_levers.py [--model demo_cnn] [--bits 4] [--lambda 0.2] [--steps 938] [--seed 0]
+    python tools/bench_levers.py [--model demo_cnn] [--bits 4] [--lambda 0.2] [--steps 938] [--seed 0] [--runs NAME ...]
 
 Each run starts from the same cached float model (tf_ecqx.models.trained_float_model, as bench_pareto.py), fine-tunes
 `--steps` steps (938 = one epoch of the 60k training images, batch 64, Adam 1e-3) and prints the Keras model's test
@@ -26,6 +26,14 @@ from tf_ecqx.models import compile_for_classification, trained_float_model  # no
 from tf_ecqx.report import model_totals  # noqa: E402
 
 BATCH = 64
+# run name -> levers: q (ECQx with that slack), ramp (LambdaSchedule), distill (Distiller)
+RUNS: dict[str, dict[str, float]] = {
+    "ECQ": {},
+    "ECQ + lambda ramp": {"ramp": 1},
+    "ECQ + distillation": {"distill": 1},
+    "ECQx q=0 (reference)": {"q": 0.0},
+    "ECQx q=0.05": {"q": 0.05},
+}
 
 
 def run(
@@ -59,22 +67,16 @@ def main() -> None:
     parser.add_argument("--lambda", dest="lambda_", type=float, default=0.2)
     parser.add_argument("--steps", type=int, default=938)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS), help="default: all")
     args = parser.parse_args()
     train, test = fashion_mnist(use_tfds=False)
     float_model = trained_float_model(args.model, train, verbose=0)
     float_accuracy = float(np.mean(float_model.predict(test.x, verbose=0).argmax(1) == test.y))
-    runs = {
-        "ECQ": {},
-        "ECQ + lambda ramp": {"ramp": 1},
-        "ECQ + distillation": {"distill": 1},
-        "ECQx q=0 (reference)": {"q": 0.0},
-        "ECQx q=0.05": {"q": 0.05},
-    }
     print(f"{args.model} {args.bits} bit, lambda {args.lambda_}, {args.steps} steps, seed {args.seed}")
     print(f"{'run':<28} {'accuracy':>8} {'sparsity':>9} {'bitstream':>10} {'s':>6}")
     print(f"{'float':<28} {float_accuracy:8.4f}")
-    for name, lever in runs.items():
-        print(run(name, float_model, train, test, args, **lever), flush=True)
+    for name in args.runs:
+        print(run(name, float_model, train, test, args, **RUNS[name]), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
 """LambdaSchedule: a Keras callback that sets the entropy weight lambda of every ECQ(x) kernel during `fit`.
 
-The lambda is a variable of each quantizer (quantizers.LAMBDA), read by the compiled train step: assigning it changes
-the assignment from the next step on without retracing. The schedule is a function of the optimizer's step count,
-which a saved model keeps, so a fit resumed from a saved model continues where it stopped.
+The lambda is a variable of each quantizer (ECQxWeightQuantizer.lambda_variable), read by the compiled train step:
+assigning it changes the assignment from the next step on without retracing. The schedule is a function of the
+optimizer's step count, which a saved model keeps; it sets lambda at the start of each fit and before every step, so a
+fit resumed from a saved model continues where it stopped. lambda itself is not saved (saved files keep the layout they
+had before LambdaSchedule): a model saved mid-ramp loads with lambda = its settings' until a LambdaSchedule sets it
+again. A ramp ends within its fit, so a model saved after the fit has lambda = its settings' anyway.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from collections.abc import Callable
 from tf_ecqx._keras import keras
 from tf_ecqx.distillation import quantized_student
 from tf_ecqx.quantization.kernels import QuantizedKernel, quantized_kernels
-from tf_ecqx.quantization.quantizers import LAMBDA
 from tf_ecqx.quantization.settings import check_lambda
 
 
@@ -70,6 +72,7 @@ class LambdaSchedule(keras.callbacks.Callback):
                 "tf_ecqx.quantize_model(model, ...) first."
             )
         self._checked = False
+        self._assign()  # lambda is not saved: a loaded model starts from its settings' lambda
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         if not self._checked:  # the first epoch of this fit: its length is known, no step has run yet
@@ -77,9 +80,13 @@ class LambdaSchedule(keras.callbacks.Callback):
             self._checked = True
 
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        self._assign()
+
+    def _assign(self) -> None:
+        """Every kernel's lambda at the optimizer's current step."""
         step = self._step()
         for k in self._kernels:
-            k.state[LAMBDA].assign(self.value(step, k.settings.lambda_))
+            k.quantizer.lambda_variable.assign(self.value(step, k.settings.lambda_))
 
     def _step(self) -> int:
         return int(self.model.optimizer.iterations.numpy())

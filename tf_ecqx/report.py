@@ -10,7 +10,6 @@ from tf_ecqx._keras import keras
 from tf_ecqx.distillation import quantized_student
 from tf_ecqx.ecq.assign import layer_lambda
 from tf_ecqx.quantization.kernels import quantized_kernels
-from tf_ecqx.quantization.quantizers import LAMBDA
 
 
 @dataclass(frozen=True)
@@ -62,7 +61,7 @@ def layer_stats(qmodel: keras.Model) -> list[LayerStats]:
                     layer_lambda(
                         kernel.kernel,
                         kernel.quantizer.grid(kernel.state),
-                        kernel.state[LAMBDA],
+                        kernel.quantizer.lambda_variable,
                         kernel.state["size_factor"],
                     )
                 ),

@@ -6,9 +6,6 @@ records its own variables in a different order when its inner layer was already 
 when it was not (as in loading). The subclasses below build once, and always with the inner layer built first.
 They keep tfmot's class names because the `.keras` format stores weights under paths made from the
 class name; `quantize_scope` maps those names to them, so files written by tfmot or tf_ecqx both load.
-
-`.keras` files written before the user's lambda became a quantizer variable (for LambdaSchedule) lack it: their
-wrappers load all other variables and keep each lambda at its settings' value, the one those files were trained with.
 """
 
 from __future__ import annotations
@@ -16,8 +13,6 @@ from __future__ import annotations
 from typing import Any
 
 from tensorflow_model_optimization.python.core.quantization.keras import quantize_layer, quantize_wrapper
-
-from tf_ecqx.quantization.quantizers import LAMBDA
 
 
 class QuantizeLayer(quantize_layer.QuantizeLayer):
@@ -39,17 +34,6 @@ class QuantizeWrapperV2(quantize_wrapper.QuantizeWrapperV2):
             self.layer.build(input_shape)
         super().build(input_shape)
         self.built = True
-
-    def load_own_variables(self, store: Any) -> None:
-        """Keras' loading, also from files without the lambda variables (the others keep their relative order)."""
-        self._update_trackables()
-        variables = self._trainable_weights + self._non_trainable_weights
-        older = [v for v in variables if not v.name.endswith(f"_ecq_{LAMBDA}:0")]
-        if len(store.keys()) == len(variables) or len(store.keys()) != len(older):
-            super().load_own_variables(store)  # Keras' own loading, and its error for any other mismatch
-            return
-        for i, variable in enumerate(older):
-            variable.assign(store[f"{i}"])
 
 
 LOADING_OBJECTS = {"QuantizeLayer": QuantizeLayer, "QuantizeWrapperV2": QuantizeWrapperV2}

@@ -2,9 +2,10 @@
 
 Its state lives in non-trainable variables of the wrapping layer (so it saves and restores with the model): the grid
 (step, k_min, k_max), fixed after `initialize`, and the layer-size factor d_l; with ECQx also the weight relevances and
-a refresh budget that RelevanceCallback sets. The user's lambda is a variable too (starting at settings.lambda_), which
-LambdaSchedule assigns during fit without retracing the train step, and which a saved model keeps. The assignment
-itself is recomputed from the float shadow weights at every call, inside the compiled train step.
+a refresh budget that RelevanceCallback sets. The user's lambda is a variable of the quantizer itself, not of the layer
+(`lambda_variable`, starting at settings.lambda_): LambdaSchedule assigns it during fit without retracing the train
+step, and saved files keep the layout they had before it existed (a loaded model's lambda is settings.lambda_). The
+assignment itself is recomputed from the float shadow weights at every call, inside the compiled train step.
 """
 
 from __future__ import annotations
@@ -21,8 +22,6 @@ from tf_ecqx.quantization.settings import ECQxSettings
 
 # Key of the quantizer state under which `kernels.frozen_kernels` puts each kernel's quantized values while exporting.
 FROZEN_VALUES = "frozen_values"
-# Key of the user's lambda in the quantizer state: starts at settings.lambda_, LambdaSchedule assigns it during fit.
-LAMBDA = "lambda"
 
 
 def straight_through(w: tf.Tensor, w_q: tf.Tensor, rule: str) -> tf.Tensor:
@@ -95,6 +94,10 @@ class ECQxWeightQuantizer(tfmot_quantizers.Quantizer):
         self.settings = settings or ECQxSettings()
         self.depthwise = bool(depthwise)
         self.per_channel = bool(per_channel)
+        # The user's lambda as the train step reads it (LambdaSchedule assigns it). An attribute of the quantizer, not
+        # a layer weight nor an entry of build's dict (Keras tracks variables nested in a layer's attributes as its
+        # weights): saved files keep their layout, and files saved before it existed still load.
+        self.lambda_variable: tf.Variable | None = None
 
     def build(self, tensor_shape: tf.TensorShape, name: str, layer: keras.layers.Layer) -> dict[str, tf.Variable]:
         def state(suffix: str, initial: float) -> tf.Variable:
@@ -111,7 +114,11 @@ class ECQxWeightQuantizer(tfmot_quantizers.Quantizer):
             "k_max": state("k_max", 0.0),
             "size_factor": state("size_factor", 1.0),
         }
-        variables[LAMBDA] = state(LAMBDA, self.settings.lambda_)
+        if self.lambda_variable is None:  # a quantizer shared by several kernels gives them one lambda
+            with tf.init_scope():  # out of any graph being traced, in the current distribution strategy's scope
+                self.lambda_variable = tf.Variable(
+                    self.settings.lambda_, dtype=tf.float32, trainable=False, name=f"{name}_ecq_lambda"
+                )
         if self.settings.ecqx:
             variables["relevance"] = layer.add_weight(
                 f"{name}_ecqx_relevance", shape=tensor_shape, initializer="zeros", trainable=False
@@ -140,7 +147,7 @@ class ECQxWeightQuantizer(tfmot_quantizers.Quantizer):
         """Integer codes k* of the kernel under the current assignment (relevance-corrected with ECQx)."""
         settings, grid = self.settings, self.grid(weights)
         flat = tf.reshape(tf.cast(kernel, tf.float32), [-1])
-        terms = (grid.step, grid.k_min, grid.k_max, weights[LAMBDA])
+        terms = (grid.step, grid.k_min, grid.k_max, self.lambda_variable)
         if not settings.ecqx:
             codes = _flat_ecq_codes(flat, *terms, weights["size_factor"])
         else:

@@ -98,6 +98,12 @@ CASES = {
         )
         for v in (-0.1, 1.5, float("nan"))
     },
+    **{
+        f"q={v!r}": Case(
+            lambda c, v=v: tf_ecqx.quantize_model(dense_model(), ecqx=True, q=v), ValueError, r"q=.*in \[0, 1\]"
+        )
+        for v in (-0.1, 1.5, float("nan"), "0.1", None)
+    },
     "ecqx not a bool": Case(lambda c: tf_ecqx.quantize_model(dense_model(), ecqx="yes"), ValueError, "True or False"),
     "gradient unknown": Case(lambda c: tf_ecqx.quantize_model(dense_model(), gradient="sign"), ValueError, "reference"),
     "relevance composite unknown": Case(

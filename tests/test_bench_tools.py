@@ -83,3 +83,10 @@ def test_export_drift_prints_ours_beside_tfmot():
     assert len(rows) == 2, out
     for _, accuracy, error, sensitivity, agreement in rows:
         assert 0 <= float(accuracy) <= 1 and float(error) >= 0 and float(sensitivity) >= 0 and agreement.endswith("%")
+
+
+def test_bench_levers_prints_a_row_per_lever():
+    out = run_tool("bench_levers.py", "--steps", "5")
+    rows = {line[:28].strip(): line.split()[-4:] for line in out.splitlines()[3:]}
+    assert set(rows) == {"ECQ", "ECQ + lambda ramp", "ECQ + distillation", "ECQx q=0 (reference)", "ECQx q=0.05"}, out
+    assert all(0.1 < float(accuracy) <= 1 and int(size) > 0 for accuracy, _, size, _ in rows.values())

@@ -1,5 +1,7 @@
 """quantize_model / quantize_apply / strip / layer_stats on real Fashion-MNIST samples with model.fit."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -162,9 +164,10 @@ def test_custom_layer_annotated_with_an_ecqx_config(fashion_small):
 
 
 def test_config_round_trips():
-    settings = tf_ecqx.ECQxSettings(bits=3, lambda_=0.2, gradient="ste", ecqx=True, p=0.3)
+    settings = tf_ecqx.ECQxSettings(bits=3, lambda_=0.2, gradient="ste", ecqx=True, p=0.3, q=0.25)
     config = tf_ecqx.ECQxQuantizeConfig(["kernel"], ["activation"], False, settings)
     assert tf_ecqx.ECQxQuantizeConfig.from_config(config.get_config()) == config
+    assert tf_ecqx.ECQxQuantizeConfig.from_config(config.get_config()).settings.q == 0.25
     quantizer = tf_ecqx.ECQxWeightQuantizer(tf_ecqx.ECQxSettings(bits=5, lambda_=0.01))
     assert tf_ecqx.ECQxWeightQuantizer.from_config(quantizer.get_config()) == quantizer
     assert quantizer != tf_ecqx.ECQxWeightQuantizer(tf_ecqx.ECQxSettings(bits=5, lambda_=0.02))
@@ -188,6 +191,8 @@ def test_one_settings_object_reaches_every_quantizer():
     assert len(kernels) == 4 and all(k.settings is settings for k in kernels)
     from_model = quantized_kernels(tf_ecqx.quantize_model(small_cnn(), bits=3, lambda_=0.1, ecqx=True))
     assert all(k.settings == settings for k in from_model)
+    with_slack = quantized_kernels(tf_ecqx.quantize_model(small_cnn(), bits=3, lambda_=0.1, ecqx=True, q=0.2))
+    assert all(k.settings == dataclasses.replace(settings, q=0.2) for k in with_slack)
 
 
 def test_kernel_followed_by_a_relu_layer_is_still_quantized():
@@ -203,3 +208,18 @@ def test_kernel_followed_by_a_relu_layer_is_still_quantized():
     qmodel = tf_ecqx.quantize_model(keras.Model(inputs, outputs), bits=5)
     assert {s.name: s.bits for s in tf_ecqx.layer_stats(qmodel)} == {"conv": 5, "depthwise": 5, "dense": 3}
     assert all(k.wrapper.quantize_config.activation_attrs == [] for k in quantized_kernels(qmodel))
+
+
+def test_ecqx_slack_reaches_the_quantizer_assignment(rng):
+    """q = 0.05 lets the relevance push a kernel's sparsity above ECQ's, by at most 5 % of its weights."""
+    model = keras.Sequential([keras.Input((200,)), keras.layers.Dense(50)])
+    relevance = rng.random((200, 50)).astype(np.float32) ** 3
+    zeros = {}
+    for q in (0.0, 0.05):
+        (kernel,) = quantized_kernels(tf_ecqx.quantize_model(model, lambda_=0.3, ecqx=True, q=q))
+        ecq_zeros = int(
+            np.sum(kernel.quantizer.codes(kernel.kernel, {**kernel.state, "relevance": 0 * relevance}) == 0)
+        )
+        kernel.state["relevance"].assign(relevance)
+        zeros[q] = int(np.sum(kernel.codes().numpy() == 0))
+    assert zeros[0.0] == ecq_zeros < zeros[0.05] <= ecq_zeros + 500

@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from tf_ecqx import datasets, export, plots, relevance, report, sizes
     from tf_ecqx.callbacks import QuantizationMetrics, RelevanceCallback
+    from tf_ecqx.distillation import Distiller
     from tf_ecqx.intake import quantize_model
     from tf_ecqx.keras3 import from_keras3, to_keras3
+    from tf_ecqx.lambda_schedule import LambdaSchedule
     from tf_ecqx.quantization.api import quantize_annotate_layer, quantize_apply, quantize_scope
     from tf_ecqx.quantization.configs import ECQxQuantizeConfig
     from tf_ecqx.quantization.kernels import QuantizedKernel, quantized_kernels
@@ -31,11 +33,13 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it (submodules map to themselves)
 _HOMES = {
+    "Distiller": "tf_ecqx.distillation",
     "ECQxQuantizeConfig": "tf_ecqx.quantization.configs",
     "DEFAULT_LAMBDA": "tf_ecqx.quantization.settings",
     "ECQxQuantizeScheme": "tf_ecqx.quantization.scheme",
     "ECQxSettings": "tf_ecqx.quantization.settings",
     "ECQxWeightQuantizer": "tf_ecqx.quantization.quantizers",
+    "LambdaSchedule": "tf_ecqx.lambda_schedule",
     "LayerStats": "tf_ecqx.report",
     "QuantizationMetrics": "tf_ecqx.callbacks",
     "QuantizedKernel": "tf_ecqx.quantization.kernels",
@@ -55,10 +59,12 @@ _SUBMODULES = ("datasets", "export", "plots", "relevance", "report", "sizes")
 
 __all__ = [
     "DEFAULT_LAMBDA",
+    "Distiller",
     "ECQxQuantizeConfig",
     "ECQxQuantizeScheme",
     "ECQxSettings",
     "ECQxWeightQuantizer",
+    "LambdaSchedule",
     "LayerStats",
     "QuantizationMetrics",
     "QuantizedKernel",

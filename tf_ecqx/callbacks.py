@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_ecqx._keras import keras
+from tf_ecqx.distillation import quantized_student
 from tf_ecqx.quantization.kernels import QuantizedKernel, quantized_kernels
 from tf_ecqx.quantization.strip import strip
 from tf_ecqx.relevance.composites import get_composite
@@ -98,11 +99,16 @@ class RelevanceCallback(keras.callbacks.Callback):
         self._compiled_store: Any = None
         self._compiled_refresh: Any = None
 
+    @property
+    def qmodel(self) -> keras.Model:
+        """The QAT model being trained (a Distiller's student)."""
+        return quantized_student(self.model)
+
     def on_train_begin(self, logs: dict | None = None) -> None:
-        self._kernels = [k for k in quantized_kernels(self.model) if k.quantizer.settings.ecqx]
+        self._kernels = [k for k in quantized_kernels(self.qmodel) if k.quantizer.settings.ecqx]
         if not self._kernels:
             raise ValueError(
-                f"RelevanceCallback: model {self.model.name!r} has no ECQx kernel; quantize it with "
+                f"RelevanceCallback: model {self.qmodel.name!r} has no ECQx kernel; quantize it with "
                 "tf_ecqx.quantize_model(model, ..., ecqx=True)."
             )
         if self._source.backend == INNVESTIGATE:
@@ -138,20 +144,20 @@ class RelevanceCallback(keras.callbacks.Callback):
         )
         if self._innvestigate is not None:
             relevances = self._innvestigate.weight_relevances(
-                self.model, x.numpy(), self._source.name, targets.numpy(), plain=strip(self.model)
+                self.qmodel, x.numpy(), self._source.name, targets.numpy(), plain=strip(self.qmodel)
             )
             self._compiled_store(relevances, keep, budget)
         else:
-            self._compiled_refresh(tf.cast(x, self.model.inputs[0].dtype), targets, keep, budget)
+            self._compiled_refresh(tf.cast(x, self.qmodel.inputs[0].dtype), targets, keep, budget)
         self._refreshed = True
 
     def _check_batch(self, x: tf.Tensor, targets: tf.Tensor) -> None:
-        expected = tuple(self.model.inputs[0].shape[1:])
+        expected = tuple(self.qmodel.inputs[0].shape[1:])
         if len(x.shape) != len(expected) + 1 or any(e not in (None, s) for e, s in zip(expected, x.shape[1:])):
             raise ValueError(
                 f"RelevanceCallback data has samples of shape {tuple(x.shape[1:])}; the model expects {expected}."
             )
-        classes = self.model.outputs[0].shape[-1]
+        classes = self.qmodel.outputs[0].shape[-1]
         if int(tf.reduce_min(targets)) < 0 or int(tf.reduce_max(targets)) >= classes:
             raise ValueError(
                 f"RelevanceCallback data has labels outside [0, {classes}) (min {int(tf.reduce_min(targets))}, max "
@@ -170,7 +176,7 @@ class RelevanceCallback(keras.callbacks.Callback):
         """One graph per refresh (LRP, momentum mix, budget) instead of a handful of eager ops per kernel."""
         self._compiled_store = tf.function(self._store)
         if self._source.backend != INNVESTIGATE:
-            run = compiled_lrp(self.model, get_composite(self._source.name), self.output)
+            run = compiled_lrp(self.qmodel, get_composite(self._source.name), self.output)
             self._compiled_refresh = tf.function(lambda x, t, keep, budget: self._store(run(x, t)[1], keep, budget))
 
 

@@ -48,18 +48,20 @@ def quantize_model(
     gradient: str = "reference",
     ecqx: bool = False,
     p: float = 0.1,
+    q: float = 0.0,
 ) -> keras.Model:
     """A QAT clone of `model` whose kernels are ECQ-quantized to `bits` bits during training.
 
     lambda_ sets the entropy pressure (0 = nearest-level rounding; larger = sparser). `exclude` takes layer names or
     classes to keep in float. gradient is "reference" (EC2T centroid-scaled) or "ste" (plain straight-through).
     ecqx=True corrects the zero cost by LRP weight relevances: train with
-    `callbacks=[tf_ecqx.RelevanceCallback(train_data, relevance=...)]`, which computes them. p is the sparsity ECQx
-    may give back relative to ECQ. Activations get tfmot's 8-bit fake quantization so that a full-integer TFLite
-    export is possible. `model` may also be a Keras 3 model (rebuilt as tf_keras first, see tf_ecqx.from_keras3) or
-    the path of a `.keras` file written by either.
+    `callbacks=[tf_ecqx.RelevanceCallback(train_data, relevance=...)]`, which computes them. p and q are the sparsity
+    ECQx may give back and add relative to ECQ (q = 0: the reference, where relevance never prunes more than ECQ).
+    Activations get tfmot's 8-bit fake quantization so that a full-integer TFLite export is possible. `model` may
+    also be a Keras 3 model (rebuilt as tf_keras first, see tf_ecqx.from_keras3) or the path of a `.keras` file
+    written by either.
     """
-    settings = ECQxSettings(bits=bits, lambda_=lambda_, gradient=gradient, ecqx=ecqx, p=p)  # checked before any work
+    settings = ECQxSettings(bits=bits, lambda_=lambda_, gradient=gradient, ecqx=ecqx, p=p, q=q)  # checked first
     items = _exclude_items(exclude)
     model = _tf_keras_model(model)
     return quantize_layers(model, settings, items)

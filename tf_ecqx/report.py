@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from tf_ecqx._keras import keras
+from tf_ecqx.distillation import quantized_student
 from tf_ecqx.ecq.assign import layer_lambda
 from tf_ecqx.quantization.kernels import quantized_kernels
 
@@ -22,7 +23,7 @@ class LayerStats:
     sparsity: float  # fraction of zero codes
     entropy: float  # bits per weight of the empirical code distribution
     distinct_codes: int
-    layer_lambda: float  # the lambda the assignment uses: user lambda * lambda_max * size factor
+    layer_lambda: float  # the lambda the assignment uses: user lambda (current, see LambdaSchedule) * lambda_max * d_l
 
     @property
     def entropy_bytes(self) -> float:
@@ -41,9 +42,11 @@ def code_entropy(codes: np.ndarray) -> float:
 
 
 def layer_stats(qmodel: keras.Model) -> list[LayerStats]:
-    """One record per ECQx-quantized layer: bits, step, size, sparsity, entropy and number of distinct codes."""
+    """One record per ECQx-quantized layer: bits, step, size, sparsity, entropy and number of distinct codes.
+
+    A Distiller's are its student's."""
     records = []
-    for kernel in quantized_kernels(qmodel):
+    for kernel in quantized_kernels(quantized_student(qmodel)):
         codes = kernel.codes().numpy()
         records.append(
             LayerStats(
@@ -58,7 +61,7 @@ def layer_stats(qmodel: keras.Model) -> list[LayerStats]:
                     layer_lambda(
                         kernel.kernel,
                         kernel.quantizer.grid(kernel.state),
-                        kernel.settings.lambda_,
+                        kernel.quantizer.lambda_variable,
                         kernel.state["size_factor"],
                     )
                 ),

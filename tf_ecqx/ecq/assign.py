@@ -221,6 +221,11 @@ def relevance_beta(t: tf.Tensor, r: tf.Tensor, fewest: tf.Tensor, most: tf.Tenso
     return RelevanceBeta(beta=beta, feasible=feasible)
 
 
+def _zero_counts(n: tf.Tensor, share: float | tf.Tensor) -> tf.Tensor:
+    """floor(n * share): a share of the sparsity as a number of weights."""
+    return tf.cast(tf.floor(tf.cast(n, tf.float32) * tf.cast(share, tf.float32)), tf.int32)
+
+
 def ecqx_codes(
     w: tf.Tensor,
     grid: Grid,
@@ -228,9 +233,11 @@ def ecqx_codes(
     relevance: tf.Tensor,
     p: float | tf.Tensor = 0.1,
     layer_size_factor: float | tf.Tensor = 1.0,
+    q: float | tf.Tensor = 0.0,
 ) -> tf.Tensor:
-    """Relevance-corrected codes (docs/method.md §4): zero cost C_0 * 2 r^beta, sparsity within [s_ECQ - p, s_ECQ].
+    """Relevance-corrected codes (docs/method.md §4): zero cost C_0 * 2 r^beta, sparsity within [s_ECQ - p, s_ECQ + q].
 
+    q = 0 is the reference's interval; q > 0 lets relevance make the layer sparser than ECQ (ours, issue 17).
     Weights with zero relevance keep ECQ's decision (see zeroing_thresholds). Where the relevance cannot rank the
     weights (all r equal, e.g. all zero before the first refresh) or no beta meets the interval, the ECQ codes are
     returned: uninformative relevance must not change the assignment.
@@ -241,8 +248,8 @@ def ecqx_codes(
     r = normalized_relevance(relevance)
     t = zeroing_thresholds(assignment, r)
     ecq_zeros = tf.reduce_sum(tf.cast(tf.equal(ecq, 0), tf.int32))
-    give_back = tf.cast(tf.floor(tf.cast(tf.size(w), tf.float32) * tf.cast(p, tf.float32)), tf.int32)
-    choice = relevance_beta(t, r, ecq_zeros - give_back, ecq_zeros)
+    give_back, add = _zero_counts(tf.size(w), p), _zero_counts(tf.size(w), q)
+    choice = relevance_beta(t, r, ecq_zeros - give_back, tf.minimum(ecq_zeros + add, tf.size(w)))
     informative = tf.reduce_max(r) > tf.reduce_min(r)
     corrected = tf.where(t <= choice.beta, tf.zeros_like(ecq), assignment.nonzero_code)
     return tf.where(tf.logical_and(informative, choice.feasible), corrected, ecq)

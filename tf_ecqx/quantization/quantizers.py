@@ -2,8 +2,10 @@
 
 Its state lives in non-trainable variables of the wrapping layer (so it saves and restores with the model): the grid
 (step, k_min, k_max), fixed after `initialize`, and the layer-size factor d_l; with ECQx also the weight relevances and
-a refresh budget that RelevanceCallback sets. The assignment itself is recomputed from the float shadow weights at
-every call, inside the compiled train step.
+a refresh budget that RelevanceCallback sets. The user's lambda is a variable of the quantizer itself, not of the layer
+(`lambda_variable`, starting at settings.lambda_): LambdaSchedule assigns it during fit without retracing the train
+step, and saved files keep the layout they had before it existed (a loaded model's lambda is settings.lambda_). The
+assignment itself is recomputed from the float shadow weights at every call, inside the compiled train step.
 """
 
 from __future__ import annotations
@@ -74,9 +76,9 @@ def _flat_ecq_codes(w, step, k_min, k_max, lambda_, size_factor) -> tf.Tensor:
     return assign.ecq_codes(w, Grid(step, k_min, k_max), lambda_, size_factor)
 
 
-@tf.function(input_signature=[_FLAT, _FLOAT, _INT, _INT, _FLOAT, _FLAT, _FLOAT, _FLOAT], autograph=False)
-def _flat_ecqx_codes(w, step, k_min, k_max, lambda_, relevance, p, size_factor) -> tf.Tensor:
-    return assign.ecqx_codes(w, Grid(step, k_min, k_max), lambda_, relevance, p, size_factor)
+@tf.function(input_signature=[_FLAT, _FLOAT, _INT, _INT, _FLOAT, _FLAT, _FLOAT, _FLOAT, _FLOAT], autograph=False)
+def _flat_ecqx_codes(w, step, k_min, k_max, lambda_, relevance, p, q, size_factor) -> tf.Tensor:
+    return assign.ecqx_codes(w, Grid(step, k_min, k_max), lambda_, relevance, p, size_factor, q)
 
 
 class ECQxWeightQuantizer(tfmot_quantizers.Quantizer):
@@ -92,6 +94,10 @@ class ECQxWeightQuantizer(tfmot_quantizers.Quantizer):
         self.settings = settings or ECQxSettings()
         self.depthwise = bool(depthwise)
         self.per_channel = bool(per_channel)
+        # The user's lambda as the train step reads it (LambdaSchedule assigns it). An attribute of the quantizer, not
+        # a layer weight nor an entry of build's dict (Keras tracks variables nested in a layer's attributes as its
+        # weights): saved files keep their layout, and files saved before it existed still load.
+        self.lambda_variable: tf.Variable | None = None
 
     def build(self, tensor_shape: tf.TensorShape, name: str, layer: keras.layers.Layer) -> dict[str, tf.Variable]:
         def state(suffix: str, initial: float) -> tf.Variable:
@@ -108,6 +114,11 @@ class ECQxWeightQuantizer(tfmot_quantizers.Quantizer):
             "k_max": state("k_max", 0.0),
             "size_factor": state("size_factor", 1.0),
         }
+        if self.lambda_variable is None:  # a quantizer shared by several kernels gives them one lambda
+            with tf.init_scope():  # out of any graph being traced, in the current distribution strategy's scope
+                self.lambda_variable = tf.Variable(
+                    self.settings.lambda_, dtype=tf.float32, trainable=False, name=f"{name}_ecq_lambda"
+                )
         if self.settings.ecqx:
             variables["relevance"] = layer.add_weight(
                 f"{name}_ecqx_relevance", shape=tensor_shape, initializer="zeros", trainable=False
@@ -136,12 +147,12 @@ class ECQxWeightQuantizer(tfmot_quantizers.Quantizer):
         """Integer codes k* of the kernel under the current assignment (relevance-corrected with ECQx)."""
         settings, grid = self.settings, self.grid(weights)
         flat = tf.reshape(tf.cast(kernel, tf.float32), [-1])
-        terms = (grid.step, grid.k_min, grid.k_max, settings.lambda_)
+        terms = (grid.step, grid.k_min, grid.k_max, self.lambda_variable)
         if not settings.ecqx:
             codes = _flat_ecq_codes(flat, *terms, weights["size_factor"])
         else:
             relevance = tf.reshape(weights["relevance"], [-1])
-            codes = _flat_ecqx_codes(flat, *terms, relevance, settings.p, weights["size_factor"])
+            codes = _flat_ecqx_codes(flat, *terms, relevance, settings.p, settings.q, weights["size_factor"])
         return tf.reshape(codes, kernel.shape if kernel.shape.is_fully_defined() else tf.shape(kernel))
 
     @staticmethod

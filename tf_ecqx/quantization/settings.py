@@ -45,11 +45,21 @@ def check_gradient(gradient: str) -> str:
     return gradient
 
 
+def check_share(name: str, value: float, meaning: str) -> float:
+    """value as float if it is a number in [0, 1]; else a ValueError that names the option and what it means."""
+    if not _is_number(value) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name}={value!r} is not allowed: it is {meaning}, in [0, 1].")
+    return float(value)
+
+
 def check_p(p: float) -> float:
     """p as float if it is a number in [0, 1] (the sparsity ECQx may give back relative to ECQ)."""
-    if not _is_number(p) or not 0.0 <= p <= 1.0:
-        raise ValueError(f"p={p!r} is not allowed: it is the sparsity LRP may give back, in [0, 1] (0.1 usual).")
-    return float(p)
+    return check_share("p", p, "the sparsity LRP may give back relative to ECQ (0.1 usual)")
+
+
+def check_q(q: float) -> float:
+    """q as float if it is a number in [0, 1] (the sparsity ECQx may add relative to ECQ)."""
+    return check_share("q", q, "the sparsity LRP may add relative to ECQ (0 = the reference's interval)")
 
 
 def check_flag(name: str, value: object) -> bool:
@@ -65,7 +75,8 @@ class ECQxSettings:
 
     bits: 2-8. lambda_: entropy pressure, 0 = nearest-level rounding, larger = sparser. gradient: "reference" (EC2T,
     gradient x |centroid| on nonzero levels) or "ste". ecqx: correct the zero cost by weight relevances, which
-    `RelevanceCallback` refreshes during fit. p: the sparsity ECQx may give back relative to ECQ.
+    `RelevanceCallback` refreshes during fit. p and q: the sparsity ECQx may give back and add relative to ECQ, the
+    interval [s_ECQ - p, s_ECQ + q] (q = 0: the reference's interval).
     """
 
     bits: int = 4
@@ -73,6 +84,7 @@ class ECQxSettings:
     gradient: str = "reference"
     ecqx: bool = False
     p: float = 0.1
+    q: float = 0.0
 
     def __post_init__(self) -> None:
         for name, value in (
@@ -81,6 +93,7 @@ class ECQxSettings:
             ("gradient", check_gradient(self.gradient)),
             ("ecqx", check_flag("ecqx", self.ecqx)),
             ("p", check_p(self.p)),
+            ("q", check_q(self.q)),
         ):
             object.__setattr__(self, name, value)  # numpy scalars become Python numbers
 

@@ -2,11 +2,10 @@
 32x32 and repeated to three channels. Each goes quantize_model -> a few fit steps (one ECQx with RelevanceCallback,
 one ECQ) -> save/load -> resume -> to_tflite mobile (sparse) and micro, both verified -> bitstream round trip.
 
-No pretrained weights can be fetched here (weights=None), so the models start from random weights; their
-BatchNormalization statistics move fast (momentum 0.5) so that after 8 steps the inference-mode outputs depend on the
-input, as a trained model's do, instead of being nearly constant. Left out: MobileNetV3Small and EfficientNetB0,
-whose exports are refused today (README, Limits), and ResNet50, DenseNet121 and Xception, which quantize but whose
-pipeline would add ~15 minutes to `make test`.
+No pretrained weights can be fetched here, so the models start from random weights (`application_model`: its
+BatchNormalization statistics move fast, so that after 8 steps the outputs depend on the input). Left out:
+MobileNetV3Small and EfficientNetB0, whose exports are refused today (README, Limits), and ResNet50, DenseNet121 and
+Xception, which quantize but whose pipeline would add ~15 minutes to `make test`.
 """
 
 import numpy as np
@@ -14,32 +13,17 @@ import pytest
 
 import tf_ecqx
 from tf_ecqx._keras import keras
-from tf_ecqx.models import compile_for_classification
+from tf_ecqx.models import application_model, compile_for_classification, rgb32
 
 pytestmark = [pytest.mark.slow, pytest.mark.zoo]
 
-OPTIONS = {"MobileNet": {"alpha": 0.25}, "MobileNetV2": {"alpha": 0.35}}
 ZOO = {"MobileNet": True, "MobileNetV2": False}  # name: trained with ECQx (and RelevanceCallback) or ECQ
-
-
-def build(name: str) -> keras.Model:
-    model = getattr(keras.applications, name)(
-        input_shape=(32, 32, 3), weights=None, classes=10, classifier_activation=None, **OPTIONS.get(name, {})
-    )
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.momentum = 0.5
-    return model
 
 
 @pytest.fixture(scope="module")
 def images(fashion) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """256 training images with labels and 128 test images, 32x32x3."""
     train, test = fashion
-
-    def rgb32(x: np.ndarray) -> np.ndarray:
-        return np.repeat(np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0))), 3, axis=-1)
-
     return rgb32(train.x[:256]), train.y[:256], rgb32(test.x[:128])
 
 
@@ -47,7 +31,7 @@ def images(fashion) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def test_an_application_model_goes_through_the_whole_pipeline(name, images, tmp_path):
     ecqx = ZOO[name]
     keras.utils.set_random_seed(0)
-    model = build(name)
+    model = application_model(name)
     x, y, x_test = images
     qmodel = compile_for_classification(tf_ecqx.quantize_model(model, bits=4, ecqx=ecqx))
     callbacks = [tf_ecqx.RelevanceCallback((x[:32], y[:32]), every_n_steps=4)] if ecqx else []

@@ -7,6 +7,8 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from tf_ecqx._keras import keras
 from tf_ecqx.datasets import Split
 
@@ -54,6 +56,36 @@ def residual_cnn() -> keras.Model:
 
 
 ARCHITECTURES: dict[str, Callable[[], keras.Model]] = {"demo_cnn": demo_cnn, "mlp": mlp, "residual_cnn": residual_cnn}
+
+
+# The smallest widths of the keras.applications models that have one (tests/test_model_zoo.py, tools/export_drift.py).
+APPLICATION_OPTIONS = {
+    "MobileNet": {"alpha": 0.25},
+    "MobileNetV2": {"alpha": 0.35},
+    "MobileNetV3Small": {"alpha": 0.75},
+}
+
+
+def application_model(name: str) -> keras.Model:
+    """keras.applications `name` for 32x32x3 inputs and 10 logits, at its smallest width, from random weights (no hub
+    is reachable here). Its BatchNormalization statistics move fast (momentum 0.5), so that after a few steps its
+    inference-mode outputs depend on the input, as a trained model's do."""
+    model = getattr(keras.applications, name)(
+        input_shape=(32, 32, 3),
+        weights=None,
+        classes=10,
+        classifier_activation=None,
+        **APPLICATION_OPTIONS.get(name, {}),
+    )
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.5
+    return model
+
+
+def rgb32(images: np.ndarray) -> np.ndarray:
+    """28x28x1 images (Fashion-MNIST) padded to 32x32 and repeated to three channels: the input of application_model."""
+    return np.repeat(np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0))), 3, axis=-1)
 
 
 def compile_for_classification(model: keras.Model, learning_rate: float = 1e-3) -> keras.Model:

@@ -1,7 +1,7 @@
 """How far an int8 file's outputs drift from its Keras QAT model on a keras.applications model, ours beside tfmot's.
 
-For tf_ecqx (ECQ, 4 bit) and tfmot's own QAT, from the same random weights (no hub here) trained on `--images`
-Fashion-MNIST images (padded to 32x32x3, BatchNorm momentum 0.5 so that the inference statistics settle): the Keras
+For tf_ecqx (ECQ, 4 bit) and tfmot's own QAT, from the same random weights (`models.application_model`) trained on
+`--images` Fashion-MNIST images (padded to 32x32x3): the Keras
 test accuracy, the int8 file's RMS error against the Keras outputs relative to their spread, the Keras model's own
 sensitivity (the same measure on inputs nudged by one int8 input step) and the argmax agreement, on 256 test images.
 Numbers: README (Limits) and BENCHMARKS.md. Usage: python tools/export_drift.py [--model MobileNet] [--images 256]
@@ -20,23 +20,7 @@ from tf_ecqx.datasets import fashion_mnist
 from tf_ecqx.export.conversion import convert_int8, input_step
 from tf_ecqx.export.runtimes import run_litert
 from tf_ecqx.export.verification import nudged_inputs
-from tf_ecqx.models import compile_for_classification
-
-OPTIONS = {"MobileNet": {"alpha": 0.25}, "MobileNetV2": {"alpha": 0.35}, "MobileNetV3Small": {"alpha": 0.75}}
-
-
-def rgb32(x: np.ndarray) -> np.ndarray:
-    return np.repeat(np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0))), 3, axis=-1)
-
-
-def build(name: str) -> keras.Model:
-    model = getattr(keras.applications, name)(
-        input_shape=(32, 32, 3), weights=None, classes=10, classifier_activation=None, **OPTIONS.get(name, {})
-    )
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.momentum = 0.5
-    return model
+from tf_ecqx.models import application_model, compile_for_classification, rgb32
 
 
 def relative(reference: np.ndarray, moved: np.ndarray) -> float:
@@ -53,7 +37,7 @@ def main() -> None:
     print(f"{args.model}, {args.images} training images | accuracy | file error | sensitivity | argmax agreement")
     for tool in ("tfmot QAT", "tf_ecqx ECQ 4 bit"):
         keras.utils.set_random_seed(0)
-        model = build(args.model)
+        model = application_model(args.model)
         qat = tfmot.quantization.keras.quantize_model if tool == "tfmot QAT" else tf_ecqx.quantize_model
         qmodel = compile_for_classification(qat(model))
         qmodel.fit(x, y, batch_size=32, epochs=1, verbose=0)

@@ -148,25 +148,6 @@ def test_sparse_storage_is_kept_only_where_it_is_smaller(fashion, tmp_path):
     )
 
 
-def test_the_mobile_file_runs_at_any_batch_size(trained_models, fashion, tmp_path):
-    """LiteRT users resize the input to their batch: the file's batch dimension is dynamic, not the traced one."""
-    train, test = fashion
-    result = to_tflite(
-        trained_models["bn_residual"], tmp_path / "m.tflite", train.x[:64], verification_data=test.x[:32]
-    )
-    interpreter = tf.lite.Interpreter(model_content=result.path.read_bytes())
-    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-    assert inp["shape_signature"][0] == -1
-    interpreter.resize_tensor_input(inp["index"], [8, *inp["shape"][1:]])
-    interpreter.allocate_tensors()
-    scale, zero_point = inp["quantization"]
-    interpreter.set_tensor(inp["index"], np.round(test.x[:8] / scale + zero_point).astype(np.int8))
-    interpreter.invoke()
-    np.testing.assert_array_equal(
-        interpreter.get_tensor(out["index"]), run_litert(result.path.read_bytes(), test.x[:8])[0]
-    )
-
-
 def test_the_dense_conversion_is_made_once_per_model_state(trained_models, fashion, tmp_path, monkeypatch):
     """to_tflite's targets (and size_table, the CLI) share one dense conversion until the weights change."""
     train, test = fashion

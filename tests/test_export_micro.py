@@ -11,7 +11,7 @@ from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as sch
 import tf_ecqx
 from tf_ecqx._keras import keras
 from tf_ecqx.export import ExportError, flatbuffer, to_tflite
-from tf_ecqx.export.conversion import dense_int8
+from tf_ecqx.export.conversion import MICRO_BATCH_SIZE, dense_int8
 from tf_ecqx.export.micro import check_decoded, with_decode
 from tf_ecqx.export.runtimes import run_tflm
 from tf_ecqx.export.tflm_encodings import Encoded
@@ -52,7 +52,7 @@ def test_each_filter_gets_its_smallest_runnable_encoding(unbudgeted, bn_qmodel, 
     assert flatbuffer.count_ops(model, "CUSTOM") == sum(f.encoding != "none" for f in result.filters)
     # the written file runs in TFLM and gives the dense int8 model's outputs bit for bit, in the arena it reports
     train, test = fashion_small
-    dense = dense_int8(bn_qmodel, train.x[:64])
+    dense = dense_int8(bn_qmodel, train.x[:64], batch_size=MICRO_BATCH_SIZE)
     raw, _, arena = run_tflm(data, test.x[:32], arena_size=1 << 22)
     assert np.array_equal(raw, run_tflm(dense, test.x[:32])[0])
     assert arena == result.arena_bytes > run_tflm(dense, test.x[:1])[2]  # decoded filters live in the arena
@@ -116,7 +116,7 @@ def test_bad_budgets_are_refused_before_any_work(name, value, match, bn_qmodel, 
 def test_a_one_table_lut_on_a_batchnorm_folded_filter_fails_the_export_check(bn_qmodel, fashion_small):
     """Issue 16 item 3 at the file level: the folded conv filter has a scale per channel; a per-tensor LUT for it
     (what the exporter wrote when it chose by 'exact' codes) decodes garbage in TFLM, and check_decoded says so."""
-    dense = dense_int8(bn_qmodel, fashion_small[0].x[:64])
+    dense = dense_int8(bn_qmodel, fashion_small[0].x[:64], batch_size=MICRO_BATCH_SIZE)
     model = flatbuffer.load(dense)
     folded = next(w for w in flatbuffer.weight_tensors(model) if w.op == "CONV_2D")
     assert folded.scales.size > 1 and len(set(folded.scales.tolist())) > 1

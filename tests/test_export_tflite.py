@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+from ai_edge_litert.interpreter import Interpreter
 from conftest import small_cnn
 
 import tf_ecqx
@@ -148,8 +149,28 @@ def test_sparse_storage_is_kept_only_where_it_is_smaller(fashion, tmp_path):
     )
 
 
+def test_the_mobile_file_runs_at_any_batch_size(trained_models, fashion, tmp_path):
+    """LiteRT users resize the input to their batch: the mobile file's batch dimension is dynamic, not the traced one
+    (the micro file stays at batch 1: TFLM cannot prepare a Flatten whose shape is computed at run time)."""
+    train, test = fashion
+    result = to_tflite(
+        trained_models["bn_residual"], tmp_path / "m.tflite", train.x[:64], verification_data=test.x[:32]
+    )
+    interpreter = Interpreter(model_content=result.path.read_bytes())
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    assert inp["shape_signature"][0] == -1
+    interpreter.resize_tensor_input(inp["index"], [8, *inp["shape"][1:]])
+    interpreter.allocate_tensors()
+    scale, zero_point = inp["quantization"]
+    interpreter.set_tensor(inp["index"], np.round(test.x[:8] / scale + zero_point).astype(np.int8))
+    interpreter.invoke()
+    np.testing.assert_array_equal(
+        interpreter.get_tensor(out["index"]), run_litert(result.path.read_bytes(), test.x[:8])[0]
+    )
+
+
 def test_the_dense_conversion_is_made_once_per_model_state(trained_models, fashion, tmp_path, monkeypatch):
-    """to_tflite's targets (and size_table, the CLI) share one dense conversion until the weights change."""
+    """Exports for a target (and size_table, the CLI) share one dense conversion until the weights change."""
     train, test = fashion
     qmodel = trained_models["demo"]
     calls = []
@@ -157,9 +178,11 @@ def test_the_dense_conversion_is_made_once_per_model_state(trained_models, fashi
     monkeypatch.setattr(
         tf.lite.TFLiteConverter, "from_concrete_functions", lambda *args: calls.append(1) or convert(*args)
     )
-    for target in ("micro", "mobile"):
-        to_tflite(qmodel, tmp_path / f"{target}.tflite", train.x[:64], target=target, verification_data=test.x[:32])
-    assert len(calls) == 2  # one dense conversion shared, plus the sparse one of the mobile target
+    for target, sparse in (("micro", None), ("mobile", False), ("mobile", True), ("micro", None)):
+        to_tflite(
+            qmodel, tmp_path / "m.tflite", train.x[:64], target=target, sparse=sparse, verification_data=test.x[:32]
+        )
+    assert len(calls) == 3  # a dense conversion per batch size (micro: 1, mobile: any), plus the sparse one
     kernel = next(tf_ecqx.quantized_kernels(qmodel))
     saved = kernel.kernel.numpy()
     try:
@@ -167,7 +190,7 @@ def test_the_dense_conversion_is_made_once_per_model_state(trained_models, fashi
         to_tflite(qmodel, tmp_path / "again.tflite", train.x[:64], target="micro", verification_data=test.x[:32])
     finally:
         kernel.kernel.assign(saved)
-    assert len(calls) == 3  # changed weights: converted anew
+    assert len(calls) == 4  # changed weights: converted anew
 
 
 def test_outputs_far_from_the_keras_model_fail_the_export_however_the_argmax_falls():

@@ -14,7 +14,7 @@ import tensorflow as tf
 from tf_ecqx._keras import keras
 from tf_ecqx.export import flatbuffer
 from tf_ecqx.export.bitstream import encode
-from tf_ecqx.export.conversion import dense_int8
+from tf_ecqx.export.conversion import MICRO_BATCH_SIZE, dense_int8
 from tf_ecqx.export.inputs import calibration_and_verification, sample_shape
 from tf_ecqx.export.micro import single_encoding_sizes
 from tf_ecqx.export.tflite import to_tflite
@@ -89,7 +89,7 @@ def micro_sizes(qmodel: keras.Model, representative_data: np.ndarray | tf.data.D
     it where TFLM runs it and it is smaller), with to_tflite's smallest encoding per filter, and with that choice
     under ram_budget = the dense file's arena. Files built and their arenas measured in the TFLM interpreter."""
     calibration, samples = calibration_and_verification(representative_data, None, sample_shape(qmodel))
-    dense = dense_int8(qmodel, calibration)
+    dense = dense_int8(qmodel, calibration, batch_size=MICRO_BATCH_SIZE)
     alone = single_encoding_sizes(dense, check_kernels(qmodel, flatbuffer.load(dense)), samples)
     rows = [MicroRow({"none": "dense int8"}.get(name, f"{name.upper()} alone"), *alone[name]) for name in alone]
     with tempfile.TemporaryDirectory() as scratch:

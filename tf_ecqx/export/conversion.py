@@ -1,5 +1,6 @@
-"""Full-integer int8 conversion of a QAT model. The dense conversion is made once per model state and shared by
-every export of it (to_tflite's targets, size_table, the CLI): the TFLite converter is the slow part of an export."""
+"""Full-integer int8 conversion of a QAT model. The dense conversion is made once per model state and batch size and
+shared by every export of it (to_tflite's targets, size_table, the CLI): the TFLite converter is the slow part of an
+export."""
 
 from __future__ import annotations
 
@@ -13,8 +14,12 @@ from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer
 from tf_ecqx._keras import keras
 from tf_ecqx.quantization.kernels import frozen_kernels
 
-# model -> (fingerprint of its weights, the calibration and float_io; the dense int8 flatbuffer)
+# model -> {fingerprint of its weights, the calibration, float_io and batch size: the dense int8 flatbuffer}
 _DENSE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+# The micro file's batch size. A file traced at any batch size (None) computes the shapes of its Flatten/Reshape ops
+# at run time, which TFLM cannot prepare; LiteRT can, and only then can its users resize the input to their batch.
+MICRO_BATCH_SIZE = 1
 
 
 def _input_ranges(qmodel: keras.Model) -> list[tuple[str, float, float]]:
@@ -44,14 +49,17 @@ def input_step(qmodel: keras.Model) -> float:
     return max((high - low for _, low, high in _input_ranges(qmodel)), default=0.0) / 255
 
 
-def convert_int8(qmodel: keras.Model, calibration: np.ndarray, sparse: bool, float_io: bool = False) -> bytes:
-    """Full-integer int8 TFLite of a QAT model (tf_ecqx's, or any tfmot QAT/float model), calibrated on samples.
+def convert_int8(
+    qmodel: keras.Model, calibration: np.ndarray, sparse: bool, float_io: bool = False, batch_size: int | None = None
+) -> bytes:
+    """Full-integer int8 TFLite of a QAT model (tf_ecqx's, or any tfmot QAT/float model), calibrated on samples, for
+    inputs of `batch_size` samples (None: any number, set by resizing the input).
 
     The converter gets the model's inference function and its variables, not the Keras model: from a Keras model it
     first saves every layer's traced functions, which took most of an export's time (a minute for MobileNet).
     """
     with frozen_kernels(qmodel):
-        spec = tf.TensorSpec([1, *qmodel.input_shape[1:]], tf.float32)
+        spec = tf.TensorSpec([batch_size, *qmodel.input_shape[1:]], tf.float32)
         function = tf.function(lambda x: qmodel(x, training=False)).get_concrete_function(spec)
     holder = tf.Module()  # what the converter saves: the variables only, not the Keras layers
     holder.weights = list(qmodel.weights)
@@ -76,11 +84,15 @@ def _fingerprint(qmodel: keras.Model, calibration: np.ndarray, float_io: bool) -
     return digest.hexdigest()
 
 
-def dense_int8(qmodel: keras.Model, calibration: np.ndarray, float_io: bool = False) -> bytes:
-    """convert_int8(qmodel, calibration, sparse=False, float_io), reused while the model's weights stay the same."""
-    key = _fingerprint(qmodel, calibration, float_io)
-    cached = _DENSE.get(qmodel)
-    if cached is None or cached[0] != key:
-        cached = (key, convert_int8(qmodel, calibration, sparse=False, float_io=float_io))
-        _DENSE[qmodel] = cached
-    return cached[1]
+def dense_int8(
+    qmodel: keras.Model, calibration: np.ndarray, float_io: bool = False, batch_size: int | None = None
+) -> bytes:
+    """convert_int8(qmodel, calibration, sparse=False, float_io, batch_size), reused while the model's weights stay
+    the same."""
+    key = (_fingerprint(qmodel, calibration, float_io), batch_size)
+    cached = _DENSE.setdefault(qmodel, {})
+    if key not in cached:
+        for stale in [k for k in cached if k[0] != key[0]]:
+            del cached[stale]
+        cached[key] = convert_int8(qmodel, calibration, sparse=False, float_io=float_io, batch_size=batch_size)
+    return cached[key]

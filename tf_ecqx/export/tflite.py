@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from tf_ecqx._keras import keras
 from tf_ecqx.export import flatbuffer
-from tf_ecqx.export.conversion import check_calibrated, dense_int8, input_step
+from tf_ecqx.export.conversion import MICRO_BATCH_SIZE, check_calibrated, dense_int8, input_step
 from tf_ecqx.export.inputs import calibration_and_verification, sample_shape
 from tf_ecqx.export.int4 import check_int4_request, pack_int4
 from tf_ecqx.export.micro import FilterEncoding, check_budget, micro_model
@@ -101,7 +101,7 @@ def to_tflite(
     check_calibrated(qmodel)
     calibration, samples = calibration_and_verification(representative_data, verification_data, shape)
 
-    dense = dense_int8(qmodel, calibration, float_io)
+    dense = dense_int8(qmodel, calibration, float_io, MICRO_BATCH_SIZE if target == "micro" else None)
     checks = check_kernels(qmodel, flatbuffer.load(dense))
     notes: list[str] = []
     arena, filters = None, []

@@ -150,23 +150,25 @@ def test_sparse_storage_is_kept_only_where_it_is_smaller(fashion, tmp_path):
 
 
 def test_the_mobile_file_runs_at_any_batch_size(trained_models, fashion, tmp_path):
-    """LiteRT users resize the input to their batch: the mobile file's batch dimension is dynamic, not the traced one
-    (the micro file stays at batch 1: TFLM cannot prepare a Flatten whose shape is computed at run time)."""
+    """LiteRT users resize the input to their batch: the mobile file's batch dimension is dynamic, and a batch gives
+    what one sample per invoke gives (the micro file stays at batch 1: TFLM cannot prepare a Flatten whose shape is
+    computed at run time)."""
     train, test = fashion
-    result = to_tflite(
-        trained_models["bn_residual"], tmp_path / "m.tflite", train.x[:64], verification_data=test.x[:32]
-    )
-    interpreter = Interpreter(model_content=result.path.read_bytes())
+    model = trained_models["bn_residual"]
+    mobile = to_tflite(model, tmp_path / "m.tflite", train.x[:64], verification_data=test.x[:32]).path.read_bytes()
+    micro = to_tflite(model, tmp_path / "u.tflite", train.x[:64], "micro", verification_data=test.x[:32])
+    interpreter = Interpreter(model_content=mobile)
     inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
     assert inp["shape_signature"][0] == -1
-    interpreter.resize_tensor_input(inp["index"], [8, *inp["shape"][1:]])
+    assert Interpreter(model_content=micro.path.read_bytes()).get_input_details()[0]["shape_signature"][0] == 1
     interpreter.allocate_tensors()
     scale, zero_point = inp["quantization"]
-    interpreter.set_tensor(inp["index"], np.round(test.x[:8] / scale + zero_point).astype(np.int8))
-    interpreter.invoke()
-    np.testing.assert_array_equal(
-        interpreter.get_tensor(out["index"]), run_litert(result.path.read_bytes(), test.x[:8])[0]
-    )
+    one_by_one = []
+    for sample in test.x[:10]:
+        interpreter.set_tensor(inp["index"], np.round(sample[None] / scale + zero_point).astype(np.int8))
+        interpreter.invoke()
+        one_by_one.append(interpreter.get_tensor(out["index"])[0])
+    np.testing.assert_array_equal(run_litert(mobile, test.x[:10], batch_size=4)[0], np.stack(one_by_one))
 
 
 def test_the_dense_conversion_is_made_once_per_model_state(trained_models, fashion, tmp_path, monkeypatch):

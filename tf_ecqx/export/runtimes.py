@@ -35,22 +35,30 @@ def _dequantize_output(y: np.ndarray, details: dict) -> np.ndarray:
     return (y.astype(np.float32) - zero_point) * scale
 
 
-def run_litert(data: bytes, x: np.ndarray, builtin_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Raw and dequantized outputs of the model on x, one sample per invoke, with LiteRT's default settings.
+def run_litert(
+    data: bytes, x: np.ndarray, builtin_only: bool = False, batch_size: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
+    """Raw and dequantized outputs of the model on x with LiteRT's default settings: `batch_size` samples per invoke
+    where the file takes any batch size (its input resized, as users do), else one sample per invoke.
 
     builtin_only=True runs LiteRT's builtin kernels without the default XNNPACK delegate.
     """
     resolver = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES if builtin_only else OpResolverType.AUTO
     interpreter = Interpreter(model_content=data, experimental_op_resolver_type=resolver)
-    interpreter.allocate_tensors()
-    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-    raw = []
-    for sample in _quantize_input(x, inp):
-        interpreter.set_tensor(inp["index"], sample[None])
+    inp = interpreter.get_input_details()[0]
+    batch = batch_size if inp["shape_signature"][0] == -1 else 1
+    quantized, raw, allocated = _quantize_input(x, inp), [], None
+    for start in range(0, len(x), batch):
+        chunk = quantized[start : start + batch]
+        if len(chunk) != allocated:
+            interpreter.resize_tensor_input(inp["index"], [len(chunk), *inp["shape"][1:]])
+            interpreter.allocate_tensors()
+            allocated = len(chunk)
+        interpreter.set_tensor(inp["index"], chunk)
         interpreter.invoke()
-        raw.append(interpreter.get_tensor(out["index"])[0])
-    raw = np.stack(raw)
-    return raw, _dequantize_output(raw, out)
+        raw.append(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]))
+    raw = np.concatenate(raw)
+    return raw, _dequantize_output(raw, interpreter.get_output_details()[0])
 
 
 def run_tflm(data: bytes, x: np.ndarray, arena_size: int | None = None) -> tuple[np.ndarray, np.ndarray, int | None]:

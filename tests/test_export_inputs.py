@@ -12,7 +12,7 @@ from conftest import small_cnn
 
 import tf_ecqx
 from tf_ecqx._keras import keras
-from tf_ecqx.export import to_tflite
+from tf_ecqx.export import ExportError, to_tflite
 from tf_ecqx.export.runtimes import run_litert
 
 L = keras.layers
@@ -38,6 +38,14 @@ def integer_input(dtype: str) -> keras.Model:
     return keras.Model(inputs, L.Dense(10)(x), name=f"{dtype}_input")
 
 
+def scaled_input() -> keras.Model:
+    """EfficientNet's stem: a scale-only Rescaling, padding, a strided convolution."""
+    inputs = keras.Input((28, 28, 1))
+    x = L.ZeroPadding2D(((0, 1), (0, 1)))(L.Rescaling(1 / 8, name="scale")(inputs))
+    x = L.Flatten()(L.Conv2D(8, 3, strides=2, activation="relu")(x))
+    return keras.Model(inputs, L.Dense(10)(x), name="scaled_input")
+
+
 def fine_tuned(model: keras.Model, x: Any, y: Any, **quantize: Any) -> keras.Model:
     """ECQ 4-bit QAT model of `model` after one epoch on the given images (so only the tested problem remains)."""
     keras.utils.set_random_seed(0)
@@ -57,6 +65,7 @@ def models(fashion_small) -> dict[str, keras.Model]:
         "small_cnn": fine_tuned(small_cnn(), x, y),
         "two_outputs": fine_tuned(two_outputs(), x, [y, y]),
         "two_inputs": fine_tuned(two_inputs(), [x, x[:, :, ::-1]], y),
+        "scaled_input": fine_tuned(scaled_input(), x, y),
         **{
             f"{dtype}_input": fine_tuned(integer_input(dtype), pixels.astype(dtype), y, exclude=["scale"])
             for dtype in ("uint8", "int32")
@@ -108,6 +117,12 @@ CASES = {
         )
         for dtype in ("uint8", "int32")
     },
+    "scale-only Rescaling before the first convolution": Case(
+        lambda c: export(c, c.x[:64], "scaled_input"),
+        ExportError,
+        r"layer 'conv2d.*' does not hold its ECQ codes .* multiplied the Rescaling layer 'scale' before it into the "
+        r"filter but kept the filter's scale.*keras\.Model\(layer_after\.input, model\.output\)",
+    ),
     # representative data
     "representative data of another shape": Case(
         lambda c: export(c, c.x[:64, :20]),

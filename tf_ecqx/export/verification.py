@@ -13,6 +13,10 @@ from tf_ecqx.export import flatbuffer
 from tf_ecqx.layers import KERNEL_ATTRS
 from tf_ecqx.quantization.kernels import QuantizedKernel, quantized_kernels
 
+# Input preprocessing the converter may fold into the next filter, and the layers it folds through.
+PREPROCESSING = (keras.layers.Rescaling, keras.layers.Normalization)
+ZERO_PADDING = (keras.layers.ZeroPadding1D, keras.layers.ZeroPadding2D, keras.layers.ZeroPadding3D)
+
 
 class ExportError(RuntimeError):
     """The exported file would not hold what the QAT model trained, or would not run; nothing was written."""
@@ -66,6 +70,21 @@ def _find_filter(kernel: QuantizedKernel, tensors: list[flatbuffer.WeightTensor]
     )
 
 
+def preprocessing_before(layer: keras.layers.Layer) -> keras.layers.Layer | None:
+    """The Rescaling or Normalization layer that feeds `layer` directly or through zero padding, if any."""
+    while layer.inbound_nodes:
+        inbound = layer.inbound_nodes[-1].inbound_layers
+        if not isinstance(inbound, keras.layers.Layer):  # the model's input, or several layers
+            return None
+        inner = getattr(inbound, "layer", inbound)  # unwrapped from tfmot's wrapper
+        if isinstance(inner, PREPROCESSING):
+            return inner
+        if not isinstance(inner, ZERO_PADDING):
+            return None
+        layer = inbound
+    return None
+
+
 def _check_kernel(kernel: QuantizedKernel, tensor: flatbuffer.WeightTensor, expected: np.ndarray) -> KernelCheck:
     stored = tensor.values
     axis = channel_axis(kernel)
@@ -76,9 +95,17 @@ def _check_kernel(kernel: QuantizedKernel, tensor: flatbuffer.WeightTensor, expe
         return KernelCheck(kernel.name, tensor.name, "exact", most_values)
     if np.array_equal(stored == 0, expected == 0) and most_values <= 2**kernel.settings.bits:
         return KernelCheck(kernel.name, tensor.name, "folded", most_values)
+    found = f"{tensor.scales[:3]} vs step {step:.6g}; {int(np.sum((stored == 0) != (expected == 0)))} zeros moved"
+    preprocessing = preprocessing_before(kernel.wrapper)
+    if preprocessing is not None:
+        raise ExportError(
+            f"The int8 filter of layer {kernel.name!r} does not hold its ECQ codes ({found}): the TFLite converter "
+            f"multiplied the {type(preprocessing).__name__} layer {preprocessing.name!r} before it into the filter "
+            "but kept the filter's scale, which rounds the codes away. Apply that preprocessing to the data instead "
+            "and quantize the model from the layer after it (keras.Model(layer_after.input, model.output))."
+        )
     raise ExportError(
-        f"The int8 filter {tensor.name!r} of layer {kernel.name!r} does not hold its ECQ codes (scale "
-        f"{tensor.scales[:3]} vs step {step:.6g}; {int(np.sum((stored == 0) != (expected == 0)))} zeros moved). "
+        f"The int8 filter {tensor.name!r} of layer {kernel.name!r} does not hold its ECQ codes (scale {found}). "
         "Was the model changed after training, or quantized with a tool other than tf_ecqx?"
     )
 

@@ -70,7 +70,9 @@ class RelevanceCallback(keras.callbacks.Callback):
     are computed on the current quantized model: R_batch is lrp().weights, the per-weight relevances averaged over
     the batch (the reference's scaling), mixed as R <- (1 - momentum) R_batch + momentum R_prev. output: "output"
     (logit of the true class, the reference), "ones" or "probability". Use training data (x, y) with labels;
-    batch_size applies to arrays only.
+    batch_size applies to arrays only. Under a tf.distribute strategy R_batch is the mean over the replicas (an
+    all-reduce): workers of MultiWorkerMirroredStrategy that read their relevance batches in different orders still
+    keep identical codes.
     """
 
     def __init__(
@@ -165,11 +167,26 @@ class RelevanceCallback(keras.callbacks.Callback):
             )
 
     def _store(self, relevances: dict[str, Any], keep: tf.Tensor, budget: tf.Tensor) -> None:
+        """Mix the replicas' mean relevances into every replica's variables and set the budget.
+
+        Each worker of a multi-worker strategy computes LRP on its own copy of the model and its own next batch, and
+        an assignment outside a replica context would only write that worker's copies: workers whose relevance data
+        comes in different orders would then train with different ECQx codes. The mean is the strategy's all-reduce
+        (an identity with a single replica).
+        """
         for k in self._kernels:
             if k.name not in relevances:
                 raise ValueError(f"RelevanceCallback: LRP returned no relevance for layer {k.name!r}.")
+        fresh = {k.name: tf.cast(relevances[k.name], tf.float32) for k in self._kernels}
+        self.model.distribute_strategy.run(self._store_replica, args=(fresh, keep, budget))
+
+    def _store_replica(self, relevances: dict[str, tf.Tensor], keep: tf.Tensor, budget: tf.Tensor) -> None:
+        # tf.identity puts the values on this replica's device: the all-reduce leaves each result where its value is
+        local = {name: tf.identity(value) for name, value in relevances.items()}
+        relevances = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.MEAN, local)
+        for k in self._kernels:
             relevance = k.state["relevance"]
-            relevance.assign((1.0 - keep) * tf.cast(relevances[k.name], tf.float32) + keep * relevance)
+            relevance.assign((1.0 - keep) * relevances[k.name] + keep * relevance)
             k.state["relevance_budget"].assign(budget)
 
     def _compile(self) -> None:

@@ -121,7 +121,7 @@ CASES = {
         lambda c: export(c, c.x[:64], "scaled_input"),
         ExportError,
         r"layer 'conv2d.*' does not hold its ECQ codes .* multiplied the Rescaling layer 'scale' before it into the "
-        r"filter but kept the filter's scale.*keras\.Model\(layer_after\.input, model\.output\)",
+        r"filter but kept the filter's scale.*tf_ecqx\.split_input_preprocessing\(model\)",
     ),
     # representative data
     "representative data of another shape": Case(
@@ -217,3 +217,22 @@ def test_the_suggested_fix_for_two_outputs_exports(models, fashion_small, tmp_pa
     single = keras.Model(qmodel.inputs, qmodel.outputs[0])
     result = to_tflite(single, tmp_path / "m.tflite", fashion_small[0].x[:64], sparse=False)
     assert result.bytes == (tmp_path / "m.tflite").stat().st_size and result.argmax_agreement >= 0.8
+
+
+def test_the_suggested_fix_for_preprocessing_exports(fashion_small, tmp_path):
+    """split_input_preprocessing: the core quantized and fed preprocessed images exports with its stem's codes."""
+    x, y = fashion_small[0].x[:256], fashion_small[0].y[:256]
+    model = scaled_input()
+    preprocess, core = tf_ecqx.split_input_preprocessing(model)
+    assert [type(layer) for layer in preprocess.layers[1:]] == [L.Rescaling]
+    assert not any(isinstance(layer, L.Rescaling) for layer in core.layers)
+    np.testing.assert_allclose(core(preprocess(x[:8])), model(x[:8]), rtol=1e-6)
+    scaled = preprocess.predict(x, verbose=0)
+    result = to_tflite(fine_tuned(core, scaled, y), tmp_path / "m.tflite", scaled[:64])
+    assert [check.kind for check in result.kernels] == ["exact", "exact"] and result.relative_error < 0.1
+
+
+def test_a_model_without_input_preprocessing_is_its_own_core():
+    model = small_cnn()
+    preprocess, core = tf_ecqx.split_input_preprocessing(model)
+    assert core is model and len(preprocess.layers) == 1

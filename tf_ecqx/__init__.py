@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from tf_ecqx.intake import quantize_model
     from tf_ecqx.keras3 import from_keras3, to_keras3
     from tf_ecqx.lambda_schedule import LambdaSchedule
+    from tf_ecqx.preprocessing import split_input_preprocessing
     from tf_ecqx.quantization.api import quantize_annotate_layer, quantize_apply, quantize_scope
     from tf_ecqx.quantization.configs import ECQxQuantizeConfig
     from tf_ecqx.quantization.kernels import QuantizedKernel, quantized_kernels
@@ -50,6 +51,7 @@ _HOMES = {
     "quantize_apply": "tf_ecqx.quantization.api",
     "quantize_model": "tf_ecqx.intake",
     "quantized_kernels": "tf_ecqx.quantization.kernels",
+    "split_input_preprocessing": "tf_ecqx.preprocessing",
     "quantize_scope": "tf_ecqx.quantization.api",
     "strip": "tf_ecqx.quantization.strip",
     "summary": "tf_ecqx.report",
@@ -82,6 +84,7 @@ __all__ = [
     "relevance",
     "report",
     "sizes",
+    "split_input_preprocessing",
     "strip",
     "summary",
     "to_keras3",

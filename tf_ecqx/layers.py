@@ -1,10 +1,10 @@
 """Facts about tf_keras and tfmot layers that quantization, relevance, export and the bitstream share, stated once.
 
-KERNEL_ATTRS: the layer kinds whose kernels ECQx quantizes, with the attributes that hold them (matched by exact type:
-a subclass may compute something else, Conv2DTranspose is a Conv2D). `kernel_name`: what a kernel is called in
-reports and the bitstream. PER_CHANNEL_KINDS: the kinds whose kernels are exported per channel. TF_OP_LAYERS: the
-layers left unwrapped. `layer_class`: the class a layer counts as. `wrapper_weights`: tfmot's private per-wrapper
-state, read nowhere else.
+KERNEL_ATTRS: the layer kinds whose kernels ECQx quantizes, with the attributes that hold them (matched by exact type: a
+subclass may compute something else, Conv2DTranspose is a Conv2D). `kernel_name`: what a kernel is called in reports and
+the bitstream. PER_CHANNEL_KINDS: the kinds whose kernels are exported per channel. TF_OP_LAYERS: the layers left
+unwrapped. INPUT_PREPROCESSING: the layers split_input_preprocessing moves onto the data. `layer_class`: the class a
+layer counts as. `wrapper_weights`: tfmot's private per-wrapper state, read nowhere else.
 """
 
 from __future__ import annotations
@@ -37,6 +37,9 @@ PER_CHANNEL_KINDS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
 # no weights, and their constants live in the call, which tfmot's wrapper cannot pass on. They stay unwrapped; the
 # converter quantizes their outputs from the calibration data.
 TF_OP_LAYERS = (TFOpLambda, SlicingOpLambda)
+# Input preprocessing a model may begin with: the converter multiplies a scale-only one into the next filter without
+# rescaling it (export/verification.py), so tf_ecqx.split_input_preprocessing moves it onto the data.
+INPUT_PREPROCESSING = (keras.layers.Rescaling, keras.layers.Normalization)
 KERNEL_KINDS = ", ".join(kind.__name__ for kind in KERNEL_ATTRS)  # for messages
 TFMOT_CLASSES = (QuantizeLayer, QuantizeWrapper)
 

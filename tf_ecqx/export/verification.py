@@ -10,11 +10,10 @@ import numpy as np
 
 from tf_ecqx._keras import keras
 from tf_ecqx.export import flatbuffer
-from tf_ecqx.layers import KERNEL_ATTRS
+from tf_ecqx.layers import INPUT_PREPROCESSING, KERNEL_ATTRS
 from tf_ecqx.quantization.kernels import QuantizedKernel, quantized_kernels
 
-# Input preprocessing the converter may fold into the next filter, and the layers it folds through.
-PREPROCESSING = (keras.layers.Rescaling, keras.layers.Normalization)
+# The layers the converter folds input preprocessing through into the next filter.
 ZERO_PADDING = (keras.layers.ZeroPadding1D, keras.layers.ZeroPadding2D, keras.layers.ZeroPadding3D)
 
 
@@ -77,7 +76,7 @@ def preprocessing_before(layer: keras.layers.Layer) -> keras.layers.Layer | None
         if not isinstance(inbound, keras.layers.Layer):  # the model's input, or several layers
             return None
         inner = getattr(inbound, "layer", inbound)  # unwrapped from tfmot's wrapper
-        if isinstance(inner, PREPROCESSING):
+        if isinstance(inner, INPUT_PREPROCESSING):
             return inner
         if not isinstance(inner, ZERO_PADDING):
             return None
@@ -101,8 +100,9 @@ def _check_kernel(kernel: QuantizedKernel, tensor: flatbuffer.WeightTensor, expe
         raise ExportError(
             f"The int8 filter of layer {kernel.name!r} does not hold its ECQ codes ({found}): the TFLite converter "
             f"multiplied the {type(preprocessing).__name__} layer {preprocessing.name!r} before it into the filter "
-            "but kept the filter's scale, which rounds the codes away. Apply that preprocessing to the data instead "
-            "and quantize the model from the layer after it (keras.Model(layer_after.input, model.output))."
+            "but kept the filter's scale, which rounds the codes away. Apply the preprocessing to the data instead: "
+            "preprocess, core = tf_ecqx.split_input_preprocessing(model), then quantize core and train and export "
+            "it on preprocess(x)."
         )
     raise ExportError(
         f"The int8 filter {tensor.name!r} of layer {kernel.name!r} does not hold its ECQ codes (scale {found}). "

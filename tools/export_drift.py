@@ -19,12 +19,8 @@ from tf_ecqx._keras import keras
 from tf_ecqx.datasets import fashion_mnist
 from tf_ecqx.export.conversion import convert_int8, input_step
 from tf_ecqx.export.runtimes import run_litert
-from tf_ecqx.export.verification import nudged_inputs
+from tf_ecqx.export.verification import nudged_inputs, relative_rms
 from tf_ecqx.models import application_model, compile_for_classification, rgb32
-
-
-def relative(reference: np.ndarray, moved: np.ndarray) -> float:
-    return float(np.sqrt(np.mean((moved - reference) ** 2)) / np.std(reference))
 
 
 def main() -> None:
@@ -47,7 +43,7 @@ def main() -> None:
         outputs = run_litert(convert_int8(qmodel, x[:64], sparse=False, float_io=True), x_test)[1]
         agreement = np.mean(outputs.argmax(-1) == reference.argmax(-1))
         print(
-            f"{tool} | {accuracy:.3f} | {relative(reference, outputs):.2f} | {relative(reference, nudged):.2f} "
+            f"{tool} | {accuracy:.3f} | {relative_rms(reference, outputs):.2f} | {relative_rms(reference, nudged):.2f} "
             f"| {agreement:.1%}",
             flush=True,
         )

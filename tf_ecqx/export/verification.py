@@ -153,6 +153,13 @@ def nudged_inputs(samples: np.ndarray, input_step: float) -> np.ndarray:
     return (samples + input_step * signs).astype(np.float32)
 
 
+def relative_rms(reference: np.ndarray, moved: np.ndarray, spread: float | None = None) -> float:
+    """RMS of moved - reference over `spread` (default: the standard deviation of reference); 0 without spread."""
+    spread = float(np.std(reference)) if spread is None else spread
+    rms = float(np.sqrt(np.mean((moved.astype(np.float64) - reference) ** 2)))
+    return rms / spread if spread > 0 else 0.0
+
+
 def agreement(reference: np.ndarray, outputs: np.ndarray, nudged_reference: np.ndarray | None = None) -> Agreement:
     """The outputs' agreement; an ExportError if their error is beyond int8 rounding.
 
@@ -163,13 +170,8 @@ def agreement(reference: np.ndarray, outputs: np.ndarray, nudged_reference: np.n
     graph is off by more (measured 150-1500 %) and uncorrelated outputs by about 140 %.
     """
     spread = max(float(np.std(reference)), MIN_SPREAD_STEPS * output_step(outputs))
-
-    def relative(moved: np.ndarray) -> float:
-        rms = float(np.sqrt(np.mean((moved.astype(np.float64) - reference) ** 2)))
-        return rms / spread if spread > 0 else 0.0
-
-    relative_error = relative(outputs)
-    sensitivity = 0.0 if nudged_reference is None else relative(nudged_reference)
+    relative_error = relative_rms(reference, outputs, spread)
+    sensitivity = 0.0 if nudged_reference is None else relative_rms(reference, nudged_reference, spread)
     same_argmax = float(np.mean(reference.argmax(-1) == outputs.argmax(-1)))
     result = Agreement(same_argmax, float(np.abs(outputs - reference).max()), relative_error, sensitivity)
     if relative_error > max(MAX_RELATIVE_ERROR, SENSITIVITY_MARGIN * sensitivity):

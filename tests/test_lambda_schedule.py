@@ -55,6 +55,11 @@ def test_warmup_then_linear_ramp_to_each_kernels_lambda_without_retracing():
     assert qmodel.train_function.experimental_get_tracing_count() == traces  # a new lambda is no new trace
 
 
+def test_a_warmup_without_ramp_switches_to_the_target_and_stays_there():
+    recorder = fit(qat_model(), tf_ecqx.LambdaSchedule(warmup_steps=3), steps=6)
+    np.testing.assert_allclose(recorder.lambdas, TARGET * np.array([0, 0, 0, 1, 1, 1]), rtol=1e-6)
+
+
 def test_a_user_schedule_sets_lambda_per_step_and_a_resumed_fit_continues_it():
     qmodel = qat_model()
     schedule = tf_ecqx.LambdaSchedule(schedule=lambda step: 0.1 * step)

@@ -55,6 +55,7 @@ class LambdaSchedule(keras.callbacks.Callback):
         self.schedule = schedule
         self._kernels: list[QuantizedKernel] = []
         self._checked = False
+        self._ramp_done = False
 
     def value(self, step: int, target: float) -> float:
         """The lambda at training step `step` of a kernel whose settings ask for `target`."""
@@ -80,13 +81,15 @@ class LambdaSchedule(keras.callbacks.Callback):
             self._checked = True
 
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
-        self._assign()
+        if not self._ramp_done:
+            self._assign()
 
     def _assign(self) -> None:
-        """Every kernel's lambda at the optimizer's current step."""
+        """Every kernel's lambda at the optimizer's current step (a finished ramp stays at the targets: no more)."""
         step = self._step()
         for k in self._kernels:
             k.quantizer.lambda_variable.assign(self.value(step, k.settings.lambda_))
+        self._ramp_done = self.schedule is None and step >= self.warmup_steps + max(self.ramp_steps, 1) - 1
 
     def _step(self) -> int:
         return int(self.model.optimizer.iterations.numpy())

@@ -86,7 +86,7 @@ def test_export_drift_prints_ours_beside_tfmot():
 
 
 def test_bench_levers_prints_a_row_per_lever():
-    out = run_tool("bench_levers.py", "--steps", "5")
+    out = run_tool("bench_levers.py", "--steps", "5", "--baseline", "3-epochs")
     rows = {line[:28].strip(): line.split()[-4:] for line in out.splitlines()[3:]}
     assert set(rows) == {"ECQ", "ECQ + lambda ramp", "ECQ + distillation", "ECQx q=0 (reference)", "ECQx q=0.05"}, out
     assert all(0.1 < float(accuracy) <= 1 and int(size) > 0 for accuracy, _, size, _ in rows.values())

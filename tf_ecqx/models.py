@@ -103,6 +103,48 @@ def trained_float_model(
 ) -> keras.Model:
     """The float model `name` trained on `train`, from the cache when it was trained before with these settings."""
     path = CACHE_DIR / f"{name}_e{epochs}_b{batch_size}_s{seed}_n{len(train.x)}.keras"
+
+    def fit(model: keras.Model) -> None:
+        model.fit(train.as_dataset(batch_size, shuffle=True, seed=seed), epochs=epochs, verbose=verbose)
+
+    return _cached(path, name, seed, fit)
+
+
+def converged_float_model(
+    name: str,
+    train: Split,
+    batch_size: int = 64,
+    seed: int = 0,
+    validation_fraction: float = 0.1,
+    patience: int = 5,
+    max_epochs: int = 100,
+    verbose: int = 2,
+) -> keras.Model:
+    """The float model `name` trained until its loss on a validation split of `train` (a seeded `validation_fraction`
+    of it, never the test set) has not improved for `patience` epochs, with the best epoch's weights; cached.
+
+    The baseline issue 17 asks for: a model still learning (3 epochs) makes "within 0.5 pp of float" meaningless.
+    """
+    if not 0 < validation_fraction < 1:
+        raise ValueError(f"validation_fraction={validation_fraction!r} must lie in (0, 1).")
+    path = (
+        CACHE_DIR / f"{name}_converged_p{patience}_v{validation_fraction}_b{batch_size}_s{seed}_n{len(train.x)}.keras"
+    )
+
+    def fit(model: keras.Model) -> None:
+        order = np.random.default_rng(seed).permutation(len(train.x))
+        held_out = order[: int(round(validation_fraction * len(order)))]
+        kept = order[len(held_out) :]
+        stop = keras.callbacks.EarlyStopping(patience=patience, restore_best_weights=True)
+        fitted = Split(train.x[kept], train.y[kept]).as_dataset(batch_size, shuffle=True, seed=seed)
+        validation = (train.x[held_out], train.y[held_out])
+        model.fit(fitted, validation_data=validation, epochs=max_epochs, callbacks=[stop], verbose=verbose)
+
+    return _cached(path, name, seed, fit)
+
+
+def _cached(path: Path, name: str, seed: int, fit: Callable[[keras.Model], None]) -> keras.Model:
+    """The model at `path` if it loads, else ARCHITECTURES[name] compiled, `fit` from `seed`, and saved there."""
     if path.exists():
         try:
             return compile_for_classification(keras.models.load_model(path, compile=False))
@@ -110,11 +152,11 @@ def trained_float_model(
             warnings.warn(
                 f"The cached float model {path} cannot be loaded ({type(error).__name__}: "
                 f"{str(error).splitlines()[0] if str(error) else ''}); training it again and replacing the file.",
-                stacklevel=2,
+                stacklevel=3,
             )
     keras.utils.set_random_seed(seed)
     model = compile_for_classification(ARCHITECTURES[name]())
-    model.fit(train.as_dataset(batch_size, shuffle=True, seed=seed), epochs=epochs, verbose=verbose)
+    fit(model)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial.keras")
     model.save(partial)

@@ -1,12 +1,14 @@
 """Issue 17's training levers side by side: one fine-tuning run per lever against its baseline, from the cached float.
 
-    python tools/bench_levers.py [--model demo_cnn] [--bits 4] [--lambda 0.2] [--steps 938] [--seed 0] [--runs NAME ...]
+    python tools/bench_levers.py [--model demo_cnn] [--baseline converged] [--bits 4] [--lambda 0.2] [--steps 938]
+                                 [--seed 0] [--runs NAME ...]
 
-Each run starts from the same cached float model (tf_ecqx.models.trained_float_model, as bench_pareto.py), fine-tunes
-`--steps` steps (938 = one epoch of the 60k training images, batch 64, Adam 1e-3) and prints the Keras model's test
-accuracy (10k images), the kernels' sparsity and the bitstream bytes (tf_ecqx.export.encode). One seed: preliminary.
-Levers: LambdaSchedule (a ramp over the first third of the steps), Distiller (T = 3, alpha = 0.1, the Keras example's),
-ECQx's slack q (0.05 against the reference's 0).
+Each run starts from the same cached float model: trained to convergence (tf_ecqx.models.converged_float_model, early
+stopping on 10 % of the training images) or, with `--baseline 3-epochs`, the 3-epoch one of bench_pareto.py. It fine-
+tunes `--steps` steps (938 = one epoch of the 60k training images, batch 64, Adam 1e-3) and prints the Keras model's
+test accuracy (10k images), the kernels' sparsity and the bitstream bytes (tf_ecqx.export.encode). One seed:
+preliminary. Levers: LambdaSchedule (a ramp over the first third of the steps), Distiller (T = 3, alpha = 0.1, the Keras
+example's), ECQx's slack q (0.05 against the reference's 0).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np  # noqa: E402
 import tf_ecqx  # noqa: E402
 from tf_ecqx._keras import keras  # noqa: E402
 from tf_ecqx.datasets import Split, fashion_mnist  # noqa: E402
-from tf_ecqx.models import compile_for_classification, trained_float_model  # noqa: E402
+from tf_ecqx.models import compile_for_classification, converged_float_model, trained_float_model  # noqa: E402
 from tf_ecqx.report import model_totals  # noqa: E402
 
 BATCH = 64
@@ -63,6 +65,7 @@ def run(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="demo_cnn", choices=["demo_cnn", "mlp"])
+    parser.add_argument("--baseline", default="converged", choices=["converged", "3-epochs"])
     parser.add_argument("--bits", type=int, default=4)
     parser.add_argument("--lambda", dest="lambda_", type=float, default=0.2)
     parser.add_argument("--steps", type=int, default=938)
@@ -70,9 +73,13 @@ def main() -> None:
     parser.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS), help="default: all")
     args = parser.parse_args()
     train, test = fashion_mnist(use_tfds=False)
-    float_model = trained_float_model(args.model, train, verbose=0)
+    if args.baseline == "converged":
+        float_model = converged_float_model(args.model, train, seed=args.seed, verbose=0)
+    else:
+        float_model = trained_float_model(args.model, train, verbose=0)
     float_accuracy = float(np.mean(float_model.predict(test.x, verbose=0).argmax(1) == test.y))
-    print(f"{args.model} {args.bits} bit, lambda {args.lambda_}, {args.steps} steps, seed {args.seed}")
+    print(f"{args.model} ({args.baseline} float), {args.bits} bit, lambda {args.lambda_}, {args.steps} steps, ", end="")
+    print(f"seed {args.seed}")
     print(f"{'run':<28} {'accuracy':>8} {'sparsity':>9} {'bitstream':>10} {'s':>6}")
     print(f"{'float':<28} {float_accuracy:8.4f}")
     for name in args.runs:

@@ -4,9 +4,9 @@
                                  [--seed 0] [--runs NAME ...]
 
 Each run starts from the same cached float model: trained to convergence (tf_ecqx.models.converged_float_model, early
-stopping on 10 % of the training images) or, with `--baseline 3-epochs`, the 3-epoch one of bench_pareto.py. It fine-
-tunes `--steps` steps (938 = one epoch of the 60k training images, batch 64, Adam 1e-3) and prints the Keras model's
-test accuracy (10k images), the kernels' sparsity and the bitstream bytes (tf_ecqx.export.encode). One seed:
+stopping on 10 % of the training images) or, with `--baseline 3-epochs`, the 3-epoch one of bench_pareto.py. It
+fine-tunes `--steps` steps (938 = one epoch of the 60k training images, batch 64, Adam 1e-3) and prints the Keras
+model's test accuracy (10k images), the kernels' sparsity and the bitstream bytes (tf_ecqx.export.encode). One seed:
 preliminary. Levers: LambdaSchedule (a ramp over the first third of the steps), Distiller (T = 3, alpha = 0.1, the Keras
 example's), ECQx's slack q (0.05 against the reference's 0).
 """

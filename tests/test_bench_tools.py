@@ -90,3 +90,14 @@ def test_bench_levers_prints_a_row_per_lever():
     rows = {line[:28].strip(): line.split()[-4:] for line in out.splitlines()[3:]}
     assert set(rows) == {"ECQ", "ECQ + lambda ramp", "ECQ + distillation", "ECQx q=0 (reference)", "ECQx q=0.05"}, out
     assert all(0.1 < float(accuracy) <= 1 and int(size) > 0 for accuracy, _, size, _ in rows.values())
+
+
+def test_bench_scale_prints_a_row_of_numbers_and_the_verdicts():
+    out = run_tool("bench_scale.py", "--models", "mlp", "--steps", "2", "--repeats", "1", "--export", "mobile")
+    row = next(line for line in out.splitlines() if line.startswith("| mlp |")).split(" | ")
+    assert int(row[1].replace(",", "")) == 535_818, row  # 784-512-256-10 weights and biases
+    quantize, tfmot_quantize = float(row[2].split()[0]), float(row[3].split()[0])
+    assert quantize > 0 and tfmot_quantize > 0 and f"({quantize / tfmot_quantize:.2f}×)" in row[2], row
+    assert float(row[4].split()[0]) > 0 and all(row[i].endswith("×)") for i in (5, 6, 7)), row
+    assert float(row[8].split()[0]) > 0 and float(row[9].strip(" |").replace(",", "")) > 100, row  # export s, RSS MB
+    assert "- quantize_model ≤ 1.5× tfmot's: mlp " in out and "- ECQ step ≤ 1.3× float: mlp " in out

@@ -16,20 +16,31 @@ its fastest round against the fastest float round. Export: the ECQ model, fitted
 images. --export-full-size adds a row that only quantizes and exports MobileNetV2 alpha 1.0 at 224x224x3 (images
 resized). Targets (issue 15): quantize_model <= 1.5x tfmot's; ECQ step <= 1.3x and ECQx step (relevance every step)
 <= 2x the float step; export of the full-size MobileNetV2 <= 2 minutes per target. Run it on an otherwise idle machine.
+
+    python tools/bench_scale.py --profile [--models ResNet50] [--steps 5]
+
+prints where the time goes instead, per model: cProfile of quantize_model (ours and tfmot's) and the TensorFlow
+profiler's op time per train step of float, ECQ and ECQx (relevance every step), split into the train step, the
+relevance refresh and, in either, the ECQ/ECQx assignment.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
+import cProfile
 import json
 import os
+import pstats
+import re
 import resource
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -37,6 +48,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_model_optimization as tfmot  # noqa: E402
 from bench_overhead import Timed, ecqx_timed, step_seconds  # noqa: E402  (tools/ is on sys.path when run as a script)
+from tensorflow.tsl.profiler.protobuf import xplane_pb2  # noqa: E402
 
 import tf_ecqx  # noqa: E402
 from tf_ecqx._keras import keras  # noqa: E402
@@ -47,6 +59,9 @@ FULL_SIZE = "MobileNetV2 alpha 1.0 224x224"
 EXPORT_IMAGES = 64  # representative and verification images per export
 FIT_IMAGES = 256  # Fashion-MNIST images the exported model is fitted on (8 steps at batch 32)
 STEPS = ("float", "ECQ", "ECQx every step", "ECQx every 10")
+CALL_OPS = ("PartitionedCall", "While", "If")  # op types whose time is that of the ops they call
+ASSIGNMENT = re.compile(r"/PartitionedCall(_\d+)?/")  # an op of the codes function (_flat_ecq(x)_codes)
+PROFILE_LINES = 12
 TARGETS = {"quantize": 1.5, "ECQ": 1.3, "ECQx every step": 2.0, "export": 120.0}
 
 
@@ -125,6 +140,72 @@ def one(name: str, args: argparse.Namespace) -> dict:
     return result
 
 
+def op_milliseconds(timed: Timed, x: np.ndarray, y: np.ndarray, steps: int) -> tuple[float, dict[tuple, float]]:
+    """Wall ms per train step of a model step_seconds has warmed up (under the profiler), and the TensorFlow
+    profiler's op time per step (summed over threads, so it may exceed the wall time) by (part, op type). Parts: the
+    train step, the relevance refresh (RelevanceCallback's compiled LRP pass and the mixing of its results), in
+    either of them the ECQ/ECQx assignment (the codes function every quantized kernel calls), and other (eager ops,
+    the input pipeline)."""
+    with tempfile.TemporaryDirectory() as logdir:
+        tf.profiler.experimental.start(logdir)
+        wall = min(step_seconds({"profiled": timed}, x, y, steps, 1)["profiled"])
+        tf.profiler.experimental.stop()
+        space = xplane_pb2.XSpace()
+        space.ParseFromString(next(Path(logdir).glob("plugins/profile/*/*.xplane.pb")).read_bytes())
+    events = []  # (start ps, end ps, name)
+    for plane in space.planes:
+        for line in plane.lines:
+            for event in line.events:
+                start = line.timestamp_ns * 1000 + event.offset_ps
+                events.append((start, start + event.duration_ps, plane.event_metadata[event.metadata_id].name))
+    calls = sorted((a, b, n.split(": ", 1)[1]) for a, b, n in events if n.startswith("EagerLocalExecute: "))
+    totals: dict[tuple, float] = collections.defaultdict(float)
+    for start, end, name in events:
+        if ":" not in name or "::" in name or " " in name or name.endswith(CALL_OPS):  # not an op kernel
+            continue
+        call = next((c for a, b, c in reversed(calls) if a <= start < b), "")
+        part = "train step" if "train_function" in call else "relevance refresh" if "<lambda>" in call else "other"
+        if ASSIGNMENT.search(name):
+            part += ", assignment"
+        totals[part, name.rsplit(":", 1)[1]] += (end - start) / 1e9 / (2 * steps)  # warm-up round + 1 round
+    return 1e3 * wall, dict(sorted(totals.items(), key=lambda item: -item[1]))
+
+
+def profile(name: str, args: argparse.Namespace) -> None:
+    """Where the time of `name` goes: cProfile of quantize_model (ours, tfmot's) and the op time of each step."""
+    keras.utils.set_random_seed(0)
+    model, _ = build(name)
+    for label, quantize in (
+        ("tf_ecqx ECQ", lambda: tf_ecqx.quantize_model(model, bits=4, lambda_=0.2)),
+        ("tfmot", lambda: tfmot.quantization.keras.quantize_model(model)),
+    ):
+        quantize()  # the first call of either pays for the imports and caches that both share
+        profiler = cProfile.Profile()
+        profiler.runcall(quantize)
+        print(f"\n### quantize_model, {label}: cProfile, cumulative seconds in tf_ecqx and in Keras model cloning")
+        stats = pstats.Stats(profiler, stream=sys.stdout).sort_stats("cumulative")
+        stats.print_stats(r"tf_ecqx/|\(clone_model\)|\(quantize_apply\)|\(quantize_model\)", PROFILE_LINES)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (args.batch_size, *model.input_shape[1:])).astype(np.float32)
+    y = rng.integers(0, 10, args.batch_size)
+    timed = {
+        "float": Timed(compile_for_classification(keras.models.clone_model(model))),
+        "ECQ": Timed(compile_for_classification(tf_ecqx.quantize_model(model, bits=4, lambda_=0.2))),
+        "ECQx (relevance every step)": ecqx_timed(model, x, y, 1),
+    }
+    step_seconds(timed, x, y, args.steps, 1)  # traced and warm
+    for label, variant in timed.items():
+        wall, totals = op_milliseconds(variant, x, y, args.steps)
+        total = sum(totals.values())
+        parts: dict[str, float] = collections.defaultdict(float)
+        for (part, _), milliseconds in totals.items():
+            parts[part] += milliseconds
+        shares = ", ".join(f"{part} {ms:.1f} ms ({ms / total:.0%})" for part, ms in parts.items() if ms >= 0.05)
+        print(f"\n### {label} step: {wall:.1f} ms wall under the profiler; op time {total:.1f} ms: {shares}; largest:")
+        for (part, op), milliseconds in list(totals.items())[:PROFILE_LINES]:
+            print(f"- {part}: {op} {milliseconds:.1f} ms ({milliseconds / total:.0%})")
+
+
 def seconds(value: float | str | None) -> str:
     return "–" if value is None else value if isinstance(value, str) else f"{value:.1f} s"
 
@@ -199,11 +280,22 @@ def main() -> None:
     parser.add_argument("--export", nargs="+", default=["mobile", "micro"], choices=["mobile", "micro", "none"])
     parser.add_argument("--export-full-size", action="store_true", help=f"add a row: {FULL_SIZE}, export only")
     parser.add_argument("--out", default=None, help="folder for the exported files (default: a temporary one)")
+    parser.add_argument("--profile", action="store_true", help="print where the time goes instead of the table")
     parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--profile-one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.export = [target for target in args.export if target != "none"]
     if args.one:
         print(json.dumps(one(args.one, args)))
+        return
+    if args.profile_one:
+        profile(args.profile_one, args)
+        return
+    if args.profile:
+        for name in args.models:
+            print(f"## {name} (batch {args.batch_size}, {args.steps} steps)", flush=True)
+            command = [sys.executable, os.path.abspath(__file__), *sys.argv[1:], "--profile-one", name]
+            subprocess.run(command, check=True)
         return
     for name in args.models:
         if name not in ARCHITECTURES:

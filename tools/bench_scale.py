@@ -273,7 +273,12 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["demo_cnn", "mlp", "MobileNetV2", "ResNet50"])
+    parser.add_argument(
+        "--models",
+        nargs="*",
+        default=["demo_cnn", "mlp", "MobileNetV2", "ResNet50"],
+        help="demo_cnn, mlp or keras.applications names; none with --export-full-size: that row alone",
+    )
     parser.add_argument("--steps", type=int, default=20, help="train steps per timed round")
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds (quantize_model: calls) per variant")
     parser.add_argument("--batch-size", type=int, default=32)

@@ -90,3 +90,32 @@ def test_bench_levers_prints_a_row_per_lever():
     rows = {line[:28].strip(): line.split()[-4:] for line in out.splitlines()[3:]}
     assert set(rows) == {"ECQ", "ECQ + lambda ramp", "ECQ + distillation", "ECQx q=0 (reference)", "ECQx q=0.05"}, out
     assert all(0.1 < float(accuracy) <= 1 and int(size) > 0 for accuracy, _, size, _ in rows.values())
+
+
+def test_bench_scale_prints_a_row_of_numbers_and_the_verdicts():
+    out = run_tool("bench_scale.py", "--models", "mlp", "--steps", "2", "--repeats", "1", "--export", "mobile")
+    row = next(line for line in out.splitlines() if line.startswith("| mlp |")).split(" | ")
+    assert int(row[1].replace(",", "")) == 535_818, row  # 784-512-256-10 weights and biases
+    quantize, tfmot_quantize = float(row[2].split()[0]), float(row[3].split()[0])
+    assert quantize > 0 and tfmot_quantize > 0 and f"({quantize / tfmot_quantize:.2f}×)" in row[2], row
+    assert float(row[4].split()[0]) > 0 and all(row[i].endswith("×)") for i in (5, 6, 7)), row
+    assert float(row[8].split()[0]) > 0 and float(row[9].strip(" |").replace(",", "")) > 100, row  # export s, RSS MB
+    assert "- quantize_model ≤ 1.5× tfmot's: mlp " in out and "- ECQ step ≤ 1.3× float: mlp " in out
+
+
+def test_bench_scale_profile_finds_the_assignment_in_the_train_step(monkeypatch):
+    monkeypatch.syspath_prepend(str(TOOLS))  # as when it runs as a script: it imports bench_overhead
+    spec = importlib.util.spec_from_file_location("bench_scale", TOOLS / "bench_scale.py")
+    bench_scale = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_scale)
+    import numpy as np
+
+    import tf_ecqx
+    from tf_ecqx.models import compile_for_classification, mlp
+
+    x, y = np.random.default_rng(0).uniform(size=(8, 28, 28, 1)).astype(np.float32), np.arange(8)
+    timed = bench_scale.Timed(compile_for_classification(tf_ecqx.quantize_model(mlp(), bits=4)))
+    bench_scale.step_seconds({"ECQ": timed}, x, y, 1, 1)
+    wall, totals = bench_scale.op_milliseconds(timed, x, y, 2)
+    assert wall > 0 and ("train step, assignment", "UpperBound") in totals, totals  # the envelope lookup
+    assert {part for part, _ in totals} <= {"train step", "train step, assignment", "other"}, totals

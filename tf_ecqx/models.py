@@ -66,16 +66,17 @@ APPLICATION_OPTIONS = {
 }
 
 
-def application_model(name: str) -> keras.Model:
-    """keras.applications `name` for 32x32x3 inputs and 10 logits, at its smallest width, from random weights (no hub
-    is reachable here). Its BatchNormalization statistics move fast (momentum 0.5), so that after a few steps its
-    inference-mode outputs depend on the input, as a trained model's do."""
+def application_model(name: str, size: int = 32, **options) -> keras.Model:
+    """keras.applications `name` for size x size x 3 inputs (32x32x3 by default) and 10 logits, at its smallest width
+    unless `options` say otherwise (e.g. alpha=1.0), from random weights (no hub is reachable here). Its
+    BatchNormalization statistics move fast (momentum 0.5), so that after a few steps its inference-mode outputs
+    depend on the input, as a trained model's do."""
     model = getattr(keras.applications, name)(
-        input_shape=(32, 32, 3),
+        input_shape=(size, size, 3),
         weights=None,
         classes=10,
         classifier_activation=None,
-        **APPLICATION_OPTIONS.get(name, {}),
+        **{**APPLICATION_OPTIONS.get(name, {}), **options},
     )
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):

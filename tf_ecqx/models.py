@@ -6,6 +6,7 @@ import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -66,7 +67,7 @@ APPLICATION_OPTIONS = {
 }
 
 
-def application_model(name: str, size: int = 32, **options) -> keras.Model:
+def application_model(name: str, size: int = 32, **options: Any) -> keras.Model:
     """keras.applications `name` for size x size x 3 inputs (32x32x3 by default) and 10 logits, at its smallest width
     unless `options` say otherwise (e.g. alpha=1.0), from random weights (no hub is reachable here). Its
     BatchNormalization statistics move fast (momentum 0.5), so that after a few steps its inference-mode outputs

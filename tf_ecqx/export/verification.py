@@ -98,11 +98,11 @@ def _check_kernel(kernel: QuantizedKernel, tensor: flatbuffer.WeightTensor, expe
     preprocessing = preprocessing_before(kernel.wrapper)
     if preprocessing is not None:
         raise ExportError(
-            f"The int8 filter of layer {kernel.name!r} does not hold its ECQ codes ({found}): the TFLite converter "
-            f"multiplied the {type(preprocessing).__name__} layer {preprocessing.name!r} before it into the filter "
-            "but kept the filter's scale, which rounds the codes away. Apply the preprocessing to the data instead: "
-            "preprocess, core = tf_ecqx.split_input_preprocessing(model), then quantize core and train and export "
-            "it on preprocess(x)."
+            f"The int8 filter of layer {kernel.name!r} does not hold its ECQ codes (scale {found}): the TFLite "
+            f"converter multiplied the {type(preprocessing).__name__} layer {preprocessing.name!r} before it into "
+            "the filter but kept the filter's scale, which rounds the codes away. Apply the preprocessing to the "
+            "data instead: preprocess, core = tf_ecqx.split_input_preprocessing(model), then quantize core and train "
+            "and export it on preprocess(x)."
         )
     raise ExportError(
         f"The int8 filter {tensor.name!r} of layer {kernel.name!r} does not hold its ECQ codes (scale {found}). "

@@ -45,7 +45,7 @@ def run_litert(
     """
     resolver = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES if builtin_only else OpResolverType.AUTO
     interpreter = Interpreter(model_content=data, experimental_op_resolver_type=resolver)
-    inp = interpreter.get_input_details()[0]
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
     batch = batch_size if inp["shape_signature"][0] == -1 else 1
     quantized, raw, allocated = _quantize_input(x, inp), [], None
     for start in range(0, len(x), batch):
@@ -56,9 +56,9 @@ def run_litert(
             allocated = len(chunk)
         interpreter.set_tensor(inp["index"], chunk)
         interpreter.invoke()
-        raw.append(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]))
+        raw.append(interpreter.get_tensor(out["index"]))
     raw = np.concatenate(raw)
-    return raw, _dequantize_output(raw, interpreter.get_output_details()[0])
+    return raw, _dequantize_output(raw, out)
 
 
 def run_tflm(data: bytes, x: np.ndarray, arena_size: int | None = None) -> tuple[np.ndarray, np.ndarray, int | None]:

@@ -1,11 +1,15 @@
 """Models beyond Dense/Conv2D stacks, on real Fashion-MNIST, each through quantize -> fit -> save/load -> resume ->
 LiteRT and TFLM export -> bitstream: a keyword-spotting-style Conv1D net (images read as 28-step sequences of 28
 features), a MobileNet block (BatchNorm folded into bias-free convolutions, depthwise, ReLU6), an EfficientNet-style
-block (Rescaling, swish, squeeze-excite Multiply, hard_sigmoid), a Conv2DTranspose net, and an Xception-style net of
-a separable convolution and 1-D depthwise/transposed convolutions."""
+block (Rescaling, swish, squeeze-excite Multiply, hard_sigmoid), a DenseNet block and transition (Concatenate, 1x1
+convolution -> AveragePooling2D), a Conv2DTranspose net, and an Xception-style net of a separable convolution and 1-D
+depthwise/transposed convolutions."""
 
 import numpy as np
 import pytest
+from tensorflow_model_optimization.python.core.quantization.keras.default_8bit.default_8bit_quantize_configs import (
+    Default8BitOutputQuantizeConfig,
+)
 
 import tf_ecqx
 from tf_ecqx._keras import keras
@@ -73,11 +77,32 @@ def mobilenet_block() -> keras.Model:
     return keras.Model(inputs, layers.Dense(10, name="logits")(x), name="mobilenet_block")
 
 
+def densenet_block(average_pooling: keras.layers.Layer | None = None) -> keras.Model:
+    """DenseNet's pattern: dense blocks of BatchNorm-ReLU-convolutions concatenated to their input, and between them a
+    transition of a 1x1 convolution and AveragePooling2D (whose int8 output must keep its input's scale)."""
+
+    def bn_relu(x):
+        return layers.ReLU()(layers.BatchNormalization(momentum=0.9)(x))
+
+    def dense_block(x, name: str):
+        grown = layers.Conv2D(32, 1, use_bias=False, name=f"{name}_bottleneck")(bn_relu(x))
+        grown = layers.Conv2D(16, 3, padding="same", use_bias=False, name=f"{name}_grow")(bn_relu(grown))
+        return layers.Concatenate()([x, grown])
+
+    inputs = keras.Input((28, 28, 1))
+    x = dense_block(layers.Conv2D(16, 3, strides=2, use_bias=False, name="stem")(inputs), "block_1")
+    x = layers.Conv2D(32, 1, use_bias=False, name="transition")(bn_relu(x))
+    x = dense_block((average_pooling or layers.AveragePooling2D(2))(x), "block_2")
+    x = layers.GlobalAveragePooling2D()(bn_relu(x))
+    return keras.Model(inputs, layers.Dense(10, name="logits")(x), name="densenet_block")
+
+
 # model, whether LRP can explain it (ECQx), the LRP refusal otherwise
 MODELS = {
     "keyword spotting Conv1D": (keyword_spotting_net, True),
     "MobileNet block": (mobilenet_block, True),
     "EfficientNet block": (efficientnet_block, False),
+    "DenseNet block": (densenet_block, True),
     "Conv2DTranspose": (transposed_conv_net, False),
     "separable and 1-D depthwise/transposed": (separable_net, False),
 }
@@ -137,3 +162,18 @@ def test_ecqx_on_a_layer_lrp_cannot_explain_is_a_clear_error(name, fashion_small
     qmodel = compile_for_classification(tf_ecqx.quantize_model(MODELS[name][0](), bits=4, ecqx=True))
     with pytest.raises(ValueError, match=r"is not supported by LRP .*ecqx=False"):
         qmodel.fit(train.x[:64], train.y[:64], callbacks=[tf_ecqx.RelevanceCallback((train.x, train.y))], verbose=0)
+
+
+def test_a_converter_refusal_is_a_clear_error_and_writes_nothing(fashion_small, tmp_path):
+    # tfmot's own scheme for AveragePooling2D: an output range trained apart from its input's, which int8
+    # AVERAGE_POOL_2D cannot have (tf_ecqx's scheme keeps the input's; before it did, DenseNet121 failed like this)
+    own_range = tf_ecqx.quantize_annotate_layer(layers.AveragePooling2D(2), Default8BitOutputQuantizeConfig())
+    train, test = fashion_small
+    keras.utils.set_random_seed(0)
+    qmodel = compile_for_classification(tf_ecqx.quantize_model(densenet_block(own_range), bits=4))
+    qmodel.fit(train.x[:512], train.y[:512], batch_size=64, epochs=1, verbose=0)
+    saved = tmp_path / "model.tflite"
+    saved.write_bytes(b"an earlier export")
+    with pytest.raises(tf_ecqx.export.ExportError, match=r"converter could not convert .*average_pool_2d.*exclude="):
+        tf_ecqx.export.to_tflite(qmodel, saved, train.x[:64], verification_data=test.x[:64])
+    assert saved.read_bytes() == b"an earlier export"

@@ -9,9 +9,11 @@ import weakref
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.lite.python.convert_phase import ConverterError
 from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import QuantizeLayer
 
 from tf_ecqx._keras import keras
+from tf_ecqx.export.verification import ExportError
 from tf_ecqx.quantization.kernels import frozen_kernels
 
 # model -> {fingerprint of its weights, the calibration, float_io and batch size: the dense int8 flatbuffer}
@@ -72,7 +74,20 @@ def convert_int8(
     if not float_io:
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
-    return converter.convert()
+    try:
+        return converter.convert()
+    except ConverterError as error:
+        raise ExportError(
+            f"The TFLite converter could not convert qmodel: {converter_complaint(error)} Nothing was written. The op "
+            "it names points at the layer kind; quantize_model(..., exclude=[...]) that layer to keep it in float, "
+            "and report the message to tf_ecqx so that the layer gets a scheme the converter takes."
+        ) from None
+
+
+def converter_complaint(error: ConverterError) -> str:
+    """The first 'error:' of a converter message, without the call-site location it starts with."""
+    lines = [line.split("error:", 1)[1].strip() for line in str(error).splitlines() if "error:" in line]
+    return (lines[0] if lines else str(error).strip().splitlines()[0]).rstrip(".") + "."
 
 
 def _fingerprint(qmodel: keras.Model, calibration: np.ndarray, float_io: bool) -> str:

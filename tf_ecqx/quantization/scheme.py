@@ -26,12 +26,16 @@ from tf_ecqx.quantization.configs import ECQxQuantizeConfig
 from tf_ecqx.quantization.settings import ECQxSettings
 
 layers = keras.layers
-# Layers with nothing to quantize that tfmot's registry does not list, by what a full-integer export needs of them:
-# nothing (their output keeps the input's quantization, or, for the affine input preprocessing, the converter
-# calibrates it: with a trained 8-bit output range, Rescaling -> Conv2D(swish) converted 40 % off), or an 8-bit
-# quantized output (they compute new values; a BatchNormalization that tfmot's transforms do not fold keeps float
-# parameters).
+# Layers with nothing to quantize, by what a full-integer export needs of them (tfmot's registry does not list them,
+# or, for average pooling, gives them an output range of their own):
+# - nothing: their output keeps the input's quantization (TFLite's int8 AVERAGE_POOL_2D must: a trained range of its
+#   own stopped DenseNet121's conversion), or, for the affine input preprocessing, the converter calibrates it (with a
+#   trained 8-bit output range, Rescaling -> Conv2D(swish) converted 40 % off);
+# - an 8-bit quantized output: they compute new values (a BatchNormalization that tfmot's transforms do not fold keeps
+#   float parameters).
 NO_FAKE_QUANTIZATION = (
+    layers.AveragePooling1D,
+    layers.AveragePooling2D,
     layers.MaxPooling1D,
     layers.MaxPooling3D,
     layers.ZeroPadding3D,

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from tf_ecqx.quantization.scheme import ECQxQuantizeScheme
     from tf_ecqx.quantization.settings import DEFAULT_LAMBDA, ECQxSettings
     from tf_ecqx.quantization.strip import strip
+    from tf_ecqx.rate_allocation import LayerRate, allocate_rates
     from tf_ecqx.report import LayerStats, layer_stats, summary
 
 __version__ = "0.1.0"
@@ -41,10 +42,12 @@ _HOMES = {
     "ECQxSettings": "tf_ecqx.quantization.settings",
     "ECQxWeightQuantizer": "tf_ecqx.quantization.quantizers",
     "LambdaSchedule": "tf_ecqx.lambda_schedule",
+    "LayerRate": "tf_ecqx.rate_allocation",
     "LayerStats": "tf_ecqx.report",
     "QuantizationMetrics": "tf_ecqx.callbacks",
     "QuantizedKernel": "tf_ecqx.quantization.kernels",
     "RelevanceCallback": "tf_ecqx.callbacks",
+    "allocate_rates": "tf_ecqx.rate_allocation",
     "from_keras3": "tf_ecqx.keras3",
     "layer_stats": "tf_ecqx.report",
     "quantize_annotate_layer": "tf_ecqx.quantization.api",
@@ -67,10 +70,12 @@ __all__ = [
     "ECQxSettings",
     "ECQxWeightQuantizer",
     "LambdaSchedule",
+    "LayerRate",
     "LayerStats",
     "QuantizationMetrics",
     "QuantizedKernel",
     "RelevanceCallback",
+    "allocate_rates",
     "datasets",
     "export",
     "from_keras3",

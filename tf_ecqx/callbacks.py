@@ -8,10 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import tensorflow as tf
 
 from tf_ecqx._keras import keras
+from tf_ecqx.datasets import labelled_batches
 from tf_ecqx.distillation import quantized_student
 from tf_ecqx.quantization.kernels import QuantizedKernel, quantized_kernels
 from tf_ecqx.quantization.strip import strip
@@ -39,20 +39,6 @@ def check_step_count(name: str, value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name}={value!r} must be an integer >= 1 (a number of training steps).")
     return value
-
-
-def _batches(data: Any, batch_size: int) -> tf.data.Dataset:
-    """(x, y) batches from a tf.data.Dataset (used as it is) or a pair of arrays (batched in order), repeated."""
-    if isinstance(data, tf.data.Dataset):
-        dataset = data
-    elif isinstance(data, (tuple, list)) and len(data) == 2:
-        dataset = tf.data.Dataset.from_tensor_slices((np.asarray(data[0]), np.asarray(data[1]))).batch(batch_size)
-    else:
-        raise ValueError(
-            f"RelevanceCallback data must be a tf.data.Dataset of (x, y) batches or a pair (x, y) of arrays; "
-            f"got {type(data).__name__}."
-        )
-    return dataset.repeat()
 
 
 def _class_indices(y: tf.Tensor) -> tf.Tensor:
@@ -91,7 +77,7 @@ class RelevanceCallback(keras.callbacks.Callback):
         self.every_n_steps = every_n_steps
         self.momentum = check_momentum(momentum)
         self.output = output
-        self._dataset = _batches(data, batch_size)
+        self._dataset = labelled_batches(data, batch_size, "RelevanceCallback").repeat()
         self._batches: Iterator | None = None
         self._kernels: list[QuantizedKernel] = []
         self._source = relevance_source(relevance)

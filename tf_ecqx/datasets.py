@@ -34,6 +34,19 @@ class Split(NamedTuple):
         return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
+def labelled_batches(data: object, batch_size: int, user: str) -> tf.data.Dataset:
+    """(x, y) batches from a tf.data.Dataset (used as it is) or a pair of arrays (batched in order); `user` names the
+    caller in the error for anything else."""
+    if isinstance(data, tf.data.Dataset):
+        return data
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        return tf.data.Dataset.from_tensor_slices((np.asarray(data[0]), np.asarray(data[1]))).batch(batch_size)
+    raise ValueError(
+        f"{user} data must be a tf.data.Dataset of (x, y) batches or a pair (x, y) of arrays; "
+        f"got {type(data).__name__}."
+    )
+
+
 def _read_idx(path: Path) -> np.ndarray:
     """Read an IDX file (optionally .gz) as a numpy array; fail clearly on a corrupt one."""
     opener = gzip.open if path.suffix == ".gz" else open

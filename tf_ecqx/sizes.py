@@ -47,7 +47,7 @@ def _gzip_size(data: bytes) -> int:
     return len(gzip.compress(data, compresslevel=9, mtime=0))
 
 
-def _unquantized_parameter_bytes(qmodel: keras.Model, plain: keras.Model) -> int:
+def unquantized_parameter_bytes(qmodel: keras.Model, plain: keras.Model) -> int:
     """float32 bytes of the parameters ECQx leaves in float (biases, BatchNorm), which the bitstream omits."""
     total = sum(int(np.prod(w.shape)) for w in plain.weights)
     return 4 * (total - sum(int(np.prod(k.kernel.shape)) for k in quantized_kernels(qmodel)))
@@ -78,7 +78,7 @@ def size_table(
         if "micro" not in name:
             rows[f"{name}, gzip -9"] = _gzip_size(data)
     rows["bitstream (quantized kernels)"] = len(bitstream)
-    rows["bitstream + float32 biases/BatchNorm"] = len(bitstream) + _unquantized_parameter_bytes(qmodel, plain)
+    rows["bitstream + float32 biases/BatchNorm"] = len(bitstream) + unquantized_parameter_bytes(qmodel, plain)
     rows["zeroth-order entropy of the kernel codes"] = int(np.ceil(sum(s.entropy_bytes for s in layer_stats(qmodel))))
     reference = rows["float32 TFLite"]
     return [SizeRow(name, size, reference / size) for name, size in rows.items()]

@@ -1,14 +1,20 @@
-"""Issue 17's training levers side by side: one fine-tuning run per lever against its baseline, from the cached float.
+"""Issue 17's training levers side by side: fine-tuning runs per lever, lambda and seed from the cached float, with
+the fronts compared at matched bytes.
 
-    python tools/bench_levers.py [--model demo_cnn] [--baseline converged] [--bits 4] [--lambda 0.2] [--steps 938]
-                                 [--seed 0] [--runs NAME ...]
+    python tools/bench_levers.py [--model demo_cnn] [--baseline converged] [--bits 4] [--lambdas 0.2 ...]
+                                 [--steps 938] [--seeds 0 ...] [--runs NAME ...]
 
 Each run starts from the same cached float model: trained to convergence (tf_ecqx.models.converged_float_model, early
 stopping on 10 % of the training images) or, with `--baseline 3-epochs`, the 3-epoch one of bench_pareto.py. It
 fine-tunes `--steps` steps (938 = one epoch of the 60k training images, batch 64, Adam 1e-3) and prints the Keras
-model's test accuracy (10k images), the kernels' sparsity and the bitstream bytes (tf_ecqx.export.encode). One seed:
-preliminary. Levers: LambdaSchedule (a ramp over the first third of the steps), Distiller (T = 3, alpha = 0.1, the Keras
-example's), ECQx's slack q (0.05 against the reference's 0).
+model's test accuracy (10k images), the kernels' sparsity, the bitstream bytes (tf_ecqx.export.encode) and the whole
+file (bitstream + the float32 biases/BatchNorm it omits). Levers: LambdaSchedule (a ramp over the first third of the
+steps), Distiller (T = 3, alpha = 0.1, the Keras example's), ECQx's slack q (0.05 against the reference's 0),
+allocate_rates (per-layer lambda from the loss's sensitivity, in place of the layer-size heuristic).
+
+With several lambdas, each run and seed gives a front (whole-file bytes -> accuracy); the summary prints, per run, the
+smallest whole file within 0.5 pp of the float and its accuracy difference to ECQ's front at matched bytes (linear in
+log bytes, where both fronts reach), each as the mean over seeds and the range.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from dataclasses import dataclass
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -26,6 +33,7 @@ from tf_ecqx._keras import keras  # noqa: E402
 from tf_ecqx.datasets import Split, fashion_mnist  # noqa: E402
 from tf_ecqx.models import compile_for_classification, converged_float_model, trained_float_model  # noqa: E402
 from tf_ecqx.report import model_totals  # noqa: E402
+from tf_ecqx.sizes import unquantized_parameter_bytes  # noqa: E402
 
 BATCH = 64
 # run name -> levers: q (ECQx with that slack), ramp (LambdaSchedule), distill (Distiller)
@@ -35,31 +43,96 @@ RUNS: dict[str, dict[str, float]] = {
     "ECQ + distillation": {"distill": 1},
     "ECQx q=0 (reference)": {"q": 0.0},
     "ECQx q=0.05": {"q": 0.05},
+    "ECQ + rate allocation": {"rates": 1},
 }
+WITHIN_PP = 0.5
+
+
+@dataclass(frozen=True)
+class Point:
+    name: str
+    lambda_: float
+    seed: int
+    accuracy: float
+    sparsity: float
+    bitstream: int
+    whole_file: int
+    seconds: float
+
+    def row(self) -> str:
+        return (
+            f"{self.name:<28} {self.lambda_:6.3f} {self.seed:4d} {self.accuracy:8.4f} {self.sparsity:9.1%} "
+            f"{self.bitstream:10d} {self.whole_file:10d} {self.seconds:6.0f}"
+        )
 
 
 def run(
-    name: str, float_model: keras.Model, train: Split, test: Split, args: argparse.Namespace, **lever: float
-) -> str:
-    """One fine-tuning run with the levers named in `lever` (q, ramp, distill), as one table row."""
+    name: str,
+    float_model: keras.Model,
+    train: Split,
+    test: Split,
+    steps: int,
+    bits: int,
+    lambda_: float,
+    seed: int,
+    **lever: float,
+) -> Point:
+    """One fine-tuning run with the levers named in `lever` (q, ramp, distill, rates)."""
     start = time.perf_counter()
-    keras.utils.set_random_seed(args.seed)
+    keras.utils.set_random_seed(seed)
     ecqx = "q" in lever
-    qmodel = tf_ecqx.quantize_model(float_model, bits=args.bits, lambda_=args.lambda_, ecqx=ecqx, q=lever.get("q", 0.0))
-    data = train.as_dataset(BATCH, shuffle=True, seed=args.seed)
+    qmodel = tf_ecqx.quantize_model(float_model, bits=bits, lambda_=lambda_, ecqx=ecqx, q=lever.get("q", 0.0))
+    data = train.as_dataset(BATCH, shuffle=True, seed=seed)
     callbacks: list[keras.callbacks.Callback] = []
     if ecqx:
         callbacks.append(tf_ecqx.RelevanceCallback(data))
     if lever.get("ramp"):
-        callbacks.append(tf_ecqx.LambdaSchedule(ramp_steps=args.steps // 3))
+        callbacks.append(tf_ecqx.LambdaSchedule(ramp_steps=steps // 3))
+    if lever.get("rates"):
+        tf_ecqx.allocate_rates(compile_for_classification(qmodel), train.as_dataset(16, shuffle=True, seed=seed))
     trained = tf_ecqx.Distiller(qmodel, float_model) if lever.get("distill") else qmodel
     compile_for_classification(trained)
-    trained.fit(data.repeat(), steps_per_epoch=args.steps, epochs=1, callbacks=callbacks, verbose=0)
+    trained.fit(data.repeat(), steps_per_epoch=steps, epochs=1, callbacks=callbacks, verbose=0)
     accuracy = compile_for_classification(qmodel).evaluate(test.x, test.y, verbose=0)[1]
     sparsity = model_totals(tf_ecqx.layer_stats(qmodel)).sparsity
-    size = len(tf_ecqx.export.encode(qmodel))
-    seconds = time.perf_counter() - start
-    return f"{name:<28} {accuracy:8.4f} {sparsity:9.1%} {size:10d} {seconds:6.0f}"
+    bitstream = len(tf_ecqx.export.encode(qmodel))
+    whole = bitstream + unquantized_parameter_bytes(qmodel, tf_ecqx.strip(qmodel))
+    return Point(name, lambda_, seed, accuracy, sparsity, bitstream, whole, time.perf_counter() - start)
+
+
+def accuracy_at(front: list[Point], size: float) -> float | None:
+    """The front's accuracy at `size` bytes, linear in log bytes between its points (None outside them)."""
+    points = sorted(front, key=lambda p: p.whole_file)
+    sizes = np.log([p.whole_file for p in points])
+    if not sizes[0] <= np.log(size) <= sizes[-1]:
+        return None
+    return float(np.interp(np.log(size), sizes, [p.accuracy for p in points]))
+
+
+def summary(points: list[Point], float_accuracy: float, seeds: list[int]) -> list[str]:
+    """Per run: smallest whole file within WITHIN_PP of the float, and the accuracy difference to ECQ's front at
+    matched bytes, as mean [min, max] over seeds."""
+
+    def spread(values: list[float], fmt: str) -> str:
+        if not values:
+            return "none"
+        return f"{np.mean(values):{fmt}} [{min(values):{fmt}}, {max(values):{fmt}}]"
+
+    lines = [f"{'run':<28} {'smallest within 0.5 pp (B)':>30} {'vs ECQ front at matched bytes (pp)':>36}"]
+    for name in dict.fromkeys(p.name for p in points):
+        smallest, differences = [], []
+        for seed in seeds:
+            front = [p for p in points if p.name == name and p.seed == seed]
+            within = [p.whole_file for p in front if p.accuracy >= float_accuracy - WITHIN_PP / 100]
+            if within:
+                smallest.append(min(within))
+            ecq = [p for p in points if p.name == "ECQ" and p.seed == seed]
+            matched = [(p, accuracy_at(ecq, p.whole_file)) for p in front] if len(ecq) > 1 else []
+            gaps = [100 * (p.accuracy - a) for p, a in matched if a is not None]
+            if gaps and name != "ECQ":
+                differences.append(float(np.mean(gaps)))
+        lines.append(f"{name:<28} {spread(smallest, ',.0f'):>30} {spread(differences, '+.2f'):>36}")
+    return lines
 
 
 def main() -> None:
@@ -67,23 +140,30 @@ def main() -> None:
     parser.add_argument("--model", default="demo_cnn", choices=["demo_cnn", "mlp"])
     parser.add_argument("--baseline", default="converged", choices=["converged", "3-epochs"])
     parser.add_argument("--bits", type=int, default=4)
-    parser.add_argument("--lambda", dest="lambda_", type=float, default=0.2)
+    parser.add_argument("--lambdas", type=float, nargs="+", default=[0.2])
     parser.add_argument("--steps", type=int, default=938)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS), help="default: all")
     args = parser.parse_args()
     train, test = fashion_mnist(use_tfds=False)
     if args.baseline == "converged":
-        float_model = converged_float_model(args.model, train, seed=args.seed, verbose=0)
+        float_model = converged_float_model(args.model, train, seed=0, verbose=0)
     else:
         float_model = trained_float_model(args.model, train, verbose=0)
     float_accuracy = float(np.mean(float_model.predict(test.x, verbose=0).argmax(1) == test.y))
-    print(f"{args.model} ({args.baseline} float), {args.bits} bit, lambda {args.lambda_}, {args.steps} steps, ", end="")
-    print(f"seed {args.seed}")
-    print(f"{'run':<28} {'accuracy':>8} {'sparsity':>9} {'bitstream':>10} {'s':>6}")
-    print(f"{'float':<28} {float_accuracy:8.4f}")
-    for name in args.runs:
-        print(run(name, float_model, train, test, args, **RUNS[name]), flush=True)
+    print(f"{args.model} ({args.baseline} float), {args.bits} bit, {args.steps} steps")
+    print(
+        f"{'run':<28} {'lambda':>6} {'seed':>4} {'accuracy':>8} {'sparsity':>9} {'bitstream':>10} {'file':>10} {'s':>6}"
+    )
+    print(f"{'float':<28} {'':6} {'':4} {float_accuracy:8.4f}")
+    points = []
+    for seed in args.seeds:
+        for lambda_ in args.lambdas:
+            for name in args.runs:
+                points.append(run(name, float_model, train, test, args.steps, args.bits, lambda_, seed, **RUNS[name]))
+                print(points[-1].row(), flush=True)
+    print()
+    print("\n".join(summary(points, float_accuracy, args.seeds)))
 
 
 if __name__ == "__main__":

@@ -87,7 +87,8 @@ def convert_int8(
 def converter_complaint(error: ConverterError) -> str:
     """The first 'error:' of a converter message, without the call-site location it starts with."""
     lines = [line.split("error:", 1)[1].strip() for line in str(error).splitlines() if "error:" in line]
-    return (lines[0] if lines else str(error).strip().splitlines()[0]).rstrip(".") + "."
+    lines += str(error).strip().splitlines() or ["it gave no reason"]
+    return lines[0].rstrip(".") + "."
 
 
 def _fingerprint(qmodel: keras.Model, calibration: np.ndarray, float_io: bool) -> str:

@@ -9,9 +9,10 @@ from tf_ecqx.ecq.grid import init_grid, negative_side_dominates, percentile
 
 
 def test_percentile_matches_numpy_linear_interpolation(rng):
-    values = rng.normal(size=1001).astype(np.float32)
-    for q in (0.0, 50.0, 99.9, 100.0):
-        assert float(percentile(values, q)) == pytest.approx(np.percentile(values, q), rel=1e-6)
+    for size in (1, 2, 1001, 40_000):  # the top-k selection must hold both order statistics at every size
+        values = rng.normal(size=size).astype(np.float32)
+        for q in (0.0, 50.0, 99.9, 100.0):
+            assert float(percentile(values, q)) == pytest.approx(np.percentile(values, q), rel=1e-6)
 
 
 def test_signed_grid_gives_the_extra_level_to_the_dominant_negative_side():

@@ -25,6 +25,9 @@ from tf_ecqx.ecq.assign import layer_lambda, size_factor
 from tf_ecqx.quantization.kernels import QuantizedKernel, frozen_kernels, quantized_kernels
 from tf_ecqx.quantization.quantizers import FROZEN_VALUES
 
+# The largest size factor a kernel gets: the heuristic's, for the largest layer.
+MAX_FACTOR = 1.0
+
 
 @dataclass(frozen=True)
 class LayerRate:
@@ -89,13 +92,15 @@ def loss_sensitivities(qmodel: keras.Model, data: Any, batches: int, batch_size:
 def allocate_rates(qmodel: keras.Model, data: Any, batches: int = 32, batch_size: int = 16) -> list[LayerRate]:
     """Give every ECQ kernel the entropy pressure at which a bit saved costs the same loss in every layer.
 
-    Sets each kernel's size factor d_l to kappa / (F_l lambda_max,l), F_l from loss_sensitivities on `batches` batches
-    of `data` (training (x, y): a tf.data.Dataset of batches, used as it is, or a pair of arrays, cut into batches of
-    `batch_size`). Squared batch gradients stand in for per-sample ones (which BatchNorm in training mode cannot
-    give); small batches keep them closer. kappa keeps the user's lambda on
-    its scale: the parameter-weighted geometric mean of lambda_max,l d_l equals the heuristic's. A kernel whose loss
-    does not depend on it (F_l = 0) or that has no lambda_max (all its weights on zero) keeps its heuristic factor.
-    Call after quantize_model and compile, before fit; the factors are saved with the model.
+    Sets each kernel's size factor d_l to min(kappa / (F_l lambda_max,l), 1), F_l from loss_sensitivities on `batches`
+    batches of `data` (training (x, y): a tf.data.Dataset of batches, used as it is, or a pair of arrays, cut into
+    batches of `batch_size`). Squared batch gradients stand in for per-sample ones (which BatchNorm in training mode
+    cannot give); small batches keep them closer. The cap is the heuristic's largest factor: the loss's sensitivity is
+    a local measure, and a layer pushed further was zeroed whole (the MLP's middle layer asked for 16x, and the model
+    fell to 25 % accuracy at lambda 0.1). kappa keeps the user's lambda on its scale: the parameter-weighted geometric
+    mean of lambda_max,l d_l equals the heuristic's. A kernel whose loss does not depend on it (F_l = 0) or that has
+    no lambda_max (all its weights on zero) keeps its heuristic factor. Call after quantize_model and compile, before
+    fit; the factors are saved with the model.
     """
     _check_count("batches", batches)
     _check_count("batch_size", batch_size)
@@ -109,15 +114,37 @@ def allocate_rates(qmodel: keras.Model, data: Any, batches: int = 32, batch_size
     allocated = (sensitivities > 0) & (pressures > 0) & np.isfinite(pressures)
     factors = heuristic.copy()
     if allocated.any():
-        weights = sizes[allocated] / sizes[allocated].sum()
-        log_kappa = np.sum(weights * np.log(pressures[allocated] * heuristic[allocated] * sensitivities[allocated]))
-        factors[allocated] = np.exp(log_kappa) / (sensitivities[allocated] * pressures[allocated])
+        factors[allocated] = equal_slope_factors(
+            sensitivities[allocated], pressures[allocated], heuristic[allocated], sizes[allocated]
+        )
     for k, factor in zip(kernels, factors):
         k.state["size_factor"].assign(factor)
     return [
         LayerRate(k.name, int(n), float(f), float(d), float(h))
         for k, n, f, d, h in zip(kernels, sizes, sensitivities, factors, heuristic)
     ]
+
+
+def equal_slope_factors(
+    sensitivities: np.ndarray, pressures: np.ndarray, heuristic: np.ndarray, sizes: np.ndarray
+) -> np.ndarray:
+    """d_l = min(kappa / (F_l lambda_max,l), MAX_FACTOR), kappa found by bisection (the mean below only grows with it)
+    so that the size-weighted mean of log(lambda_max,l d_l) is the heuristic's."""
+    weights = sizes / sizes.sum()
+    target = np.sum(weights * np.log(pressures * heuristic))
+    uncapped = -np.log(sensitivities * pressures)  # log d_l at kappa = 1
+
+    def log_factors(log_kappa: float) -> np.ndarray:
+        return np.minimum(log_kappa + uncapped, np.log(MAX_FACTOR))
+
+    low = target - np.sum(weights * (np.log(pressures) + uncapped))  # the uncapped solution: the mean is <= target
+    high = np.log(MAX_FACTOR) - uncapped.min()  # every layer capped: the mean is >= target (heuristic <= MAX_FACTOR)
+    for _ in range(100):
+        middle = (low + high) / 2
+        low, high = (
+            (middle, high) if np.sum(weights * (np.log(pressures) + log_factors(middle))) < target else (low, middle)
+        )
+    return np.exp(log_factors(high))
 
 
 def _lambda_max(kernel: QuantizedKernel) -> float:

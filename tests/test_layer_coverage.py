@@ -2,8 +2,8 @@
 LiteRT and TFLM export -> bitstream: a keyword-spotting-style Conv1D net (images read as 28-step sequences of 28
 features), a MobileNet block (BatchNorm folded into bias-free convolutions, depthwise, ReLU6), an EfficientNet-style
 block (Rescaling, swish, squeeze-excite Multiply, hard_sigmoid), a DenseNet block and transition (Concatenate, 1x1
-convolution -> AveragePooling2D), a Conv2DTranspose net, and an Xception-style net of a separable convolution and 1-D
-depthwise/transposed convolutions."""
+convolution -> AveragePooling2D), a Conv2DTranspose net, an Xception-style net of a separable convolution and 1-D
+depthwise/transposed convolutions, and a depthwise-separable keyword-spotting net (SeparableConv1D)."""
 
 import numpy as np
 import pytest
@@ -63,6 +63,17 @@ def separable_net() -> keras.Model:
     return keras.Model(inputs, layers.Dense(10, name="logits")(x), name="separable")
 
 
+def separable_1d_net() -> keras.Model:
+    """A depthwise-separable keyword-spotting net (DS-CNN style): SeparableConv1D, causal and not."""
+    inputs = keras.Input((28, 28, 1))
+    x = layers.Reshape((28, 28))(inputs)
+    x = layers.SeparableConv1D(32, 3, padding="causal", activation="relu", name="separable_a")(x)
+    x = layers.MaxPooling1D()(x)
+    x = layers.SeparableConv1D(64, 3, activation="relu", name="separable_b")(x)
+    x = layers.GlobalAveragePooling1D()(x)
+    return keras.Model(inputs, layers.Dense(10, name="logits")(x), name="separable_1d")
+
+
 def mobilenet_block() -> keras.Model:
     """MobileNet's pattern: bias-free convolutions whose BatchNorm the converter folds in, ReLU6, global pooling."""
     inputs = keras.Input((28, 28, 1))
@@ -97,6 +108,9 @@ def densenet_block(average_pooling: keras.layers.Layer | None = None) -> keras.M
     return keras.Model(inputs, layers.Dense(10, name="logits")(x), name="densenet_block")
 
 
+SEPARABLE = (layers.SeparableConv1D, layers.SeparableConv2D)  # quantized as a depthwise and a 1x1 convolution
+
+
 # model, whether LRP can explain it (ECQx), the LRP refusal otherwise
 MODELS = {
     "keyword spotting Conv1D": (keyword_spotting_net, True),
@@ -105,6 +119,7 @@ MODELS = {
     "DenseNet block": (densenet_block, True),
     "Conv2DTranspose": (transposed_conv_net, False),
     "separable and 1-D depthwise/transposed": (separable_net, False),
+    "SeparableConv1D": (separable_1d_net, False),
 }
 
 
@@ -124,10 +139,10 @@ def test_the_whole_pipeline_runs_on_the_model(name, fashion_small, tmp_path):
     qmodel = compile_for_classification(tf_ecqx.quantize_model(model, bits=4, lambda_=0.1, ecqx=ecqx))
     qmodel.fit(*data, batch_size=64, epochs=1, callbacks=callbacks(ecqx, data), verbose=0)
     kernels = {s.name: s for s in tf_ecqx.layer_stats(qmodel)}
-    # every kernel is ECQ-quantized, none left in float or to another scheme (a SeparableConv2D's two under the names
-    # of the DepthwiseConv2D and Conv2D tfmot splits it into)
+    # every kernel is ECQ-quantized, none left in float or to another scheme (a separable convolution's two under the
+    # names of the depthwise and 1x1 convolutions it is split into)
     kernel_weights = [w for w in model.weights if "kernel" in w.name]
-    single = {layer.name for layer in model.layers if not isinstance(layer, layers.SeparableConv2D)}
+    single = {layer.name for layer in model.layers if not isinstance(layer, SEPARABLE)}
     assert len(kernels) == len(kernel_weights)
     assert {w.name.split("/")[0] for w in kernel_weights} & single <= set(kernels)
     assert all(s.distinct_codes <= 16 for s in kernels.values())
@@ -177,3 +192,34 @@ def test_a_converter_refusal_is_a_clear_error_and_writes_nothing(fashion_small, 
     with pytest.raises(tf_ecqx.export.ExportError, match=r"converter could not convert .*average_pool_2d.*exclude="):
         tf_ecqx.export.to_tflite(qmodel, saved, train.x[:64], verification_data=test.x[:64])
     assert saved.read_bytes() == b"an earlier export"
+
+
+@pytest.mark.parametrize("padding, strides, dilation", [("causal", 1, 2), ("same", 2, 1), ("valid", 1, 1)])
+def test_a_separable_conv1d_is_quantized_as_its_depthwise_and_pointwise_convolutions(
+    padding, strides, dilation, fashion_small
+):
+    options = {"strides": strides, "dilation_rate": dilation}
+    inputs = keras.Input((28, 28))
+    x = layers.SeparableConv1D(16, 3, padding=padding, depth_multiplier=2, name="separable", **options)(inputs)
+    model = keras.Model(inputs, layers.Dense(10, name="logits")(layers.Flatten()(x)))
+    # the same computation written out by hand, with the same weights
+    x = layers.ZeroPadding1D((2 * dilation, 0))(inputs) if padding == "causal" else inputs
+    x = layers.DepthwiseConv1D(
+        3, padding="valid" if padding == "causal" else padding, depth_multiplier=2, use_bias=False, **options
+    )(x)
+    x = layers.Conv1D(16, 1)(x)
+    written_out = keras.Model(inputs, layers.Dense(10)(layers.Flatten()(x)))
+    written_out.set_weights(model.get_weights())
+    x = fashion_small[0].x[:256, ..., 0]
+    np.testing.assert_allclose(written_out.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
+
+    outputs = []
+    for float_model in (model, written_out):
+        keras.utils.set_random_seed(0)
+        qmodel = tf_ecqx.quantize_model(float_model, bits=4)
+        qmodel.compile(keras.optimizers.SGD(0.0), "mse")  # a fit that only calibrates the activation ranges
+        qmodel.fit(x, float_model.predict(x, verbose=0), batch_size=64, epochs=2, verbose=0)
+        outputs.append(qmodel.predict(x, verbose=0))
+    names = [k.name for k in tf_ecqx.quantized_kernels(tf_ecqx.quantize_model(model, bits=4))]
+    assert names == ["separable_depthwise", "separable_pointwise", "logits"]
+    np.testing.assert_allclose(outputs[0], outputs[1], atol=1e-5)

@@ -30,6 +30,8 @@ KERNEL_ATTRS: dict[type, tuple[str, ...]] = {
     # tfmot's layout transform splits it into a DepthwiseConv2D and a 1x1 Conv2D (of generated names) first, which the
     # converter quantizes as TFLite runs them: kept whole, its unquantized intermediate made the int8 file disagree.
     keras.layers.SeparableConv2D: ("depthwise_kernel", "pointwise_kernel"),
+    # tfmot's layout transform makes it a SeparableConv2D between an expand and a squeeze, then splits that as above.
+    keras.layers.SeparableConv1D: ("depthwise_kernel", "pointwise_kernel"),
 }
 # The kinds whose kernels the int8 export pins per output channel (quantizers.pin_int8_scale says why).
 PER_CHANNEL_KINDS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)

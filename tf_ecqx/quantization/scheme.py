@@ -18,12 +18,16 @@ from tensorflow_model_optimization.python.core.quantization.keras.default_8bit.d
 from tensorflow_model_optimization.python.core.quantization.keras.default_8bit.default_8bit_quantize_scheme import (
     Default8BitQuantizeScheme,
 )
+from tensorflow_model_optimization.python.core.quantization.keras.graph_transformations.model_transformer import (
+    ModelTransformer,
+)
 from tensorflow_model_optimization.python.core.quantization.keras.quantizers import MovingAverageQuantizer
 
 from tf_ecqx._keras import keras
 from tf_ecqx.layers import KERNEL_ATTRS
 from tf_ecqx.quantization.configs import ECQxQuantizeConfig
 from tf_ecqx.quantization.settings import ECQxSettings
+from tf_ecqx.quantization.transforms import SeparableConv1DSplit
 
 layers = keras.layers
 # Layers with nothing to quantize, by what a full-integer export needs of them (tfmot's registry does not list them,
@@ -93,7 +97,7 @@ class ECQxQuantizeRegistry(Default8BitQuantizeRegistry):
 
 
 class ECQxQuantizeLayoutTransform(tfmot_layout.Default8BitQuantizeLayoutTransform):
-    """tfmot's 8-bit layout transforms, without their loss of kernel quantization.
+    """tfmot's 8-bit layout transforms, after tf_ecqx's own (transforms.py), without their loss of kernel quantization.
 
     tfmot's LayerReLUQuantize gives a Conv2D/DepthwiseConv2D/Dense followed by a ReLU layer a no-op config (so that no
     fake quantization sits between the two), which also leaves its kernel unquantized. Such layers get their ECQx
@@ -105,6 +109,9 @@ class ECQxQuantizeLayoutTransform(tfmot_layout.Default8BitQuantizeLayoutTransfor
 
     def apply(self, model: keras.Model, layer_quantize_map: dict[str, dict[str, Any]]) -> tuple[keras.Model, dict]:
         requested = {name: entry.get("quantize_config") for name, entry in layer_quantize_map.items()}
+        model, layer_quantize_map = ModelTransformer(
+            model, [SeparableConv1DSplit()], set(layer_quantize_map), layer_quantize_map
+        ).transform()
         transformed, quantize_map = super().apply(model, layer_quantize_map)
         for layer in transformed.layers:
             entry = quantize_map.get(layer.name, {})

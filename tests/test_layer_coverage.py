@@ -3,7 +3,8 @@ LiteRT and TFLM export -> bitstream: a keyword-spotting-style Conv1D net (images
 features), a MobileNet block (BatchNorm folded into bias-free convolutions, depthwise, ReLU6), an EfficientNet-style
 block (Rescaling, swish, squeeze-excite Multiply, hard_sigmoid), a DenseNet block and transition (Concatenate, 1x1
 convolution -> AveragePooling2D), a Conv2DTranspose net, an Xception-style net of a separable convolution and 1-D
-depthwise/transposed convolutions, and a depthwise-separable keyword-spotting net (SeparableConv1D)."""
+depthwise/transposed convolutions, a depthwise-separable keyword-spotting net (SeparableConv1D), and a net of
+activations tfmot cannot fuse (relu6, hard_sigmoid) and parametric ones (PReLU, LeakyReLU)."""
 
 import numpy as np
 import pytest
@@ -74,6 +75,17 @@ def separable_1d_net() -> keras.Model:
     return keras.Model(inputs, layers.Dense(10, name="logits")(x), name="separable_1d")
 
 
+def activations_net() -> keras.Model:
+    """Activations tfmot cannot quantize inside a layer (relu6, hard_sigmoid: split off into Activation layers) and
+    the parametric ones (PReLU, LeakyReLU)."""
+    inputs = keras.Input((28, 28, 1))
+    x = layers.Conv2D(16, 3, strides=2, activation="relu6", name="conv_relu6")(inputs)
+    x = layers.PReLU(shared_axes=[1, 2])(layers.Conv2D(16, 3, name="conv_prelu")(x))
+    x = layers.LeakyReLU(0.1)(layers.Conv2D(16, 3, name="conv_leaky")(x))
+    x = layers.Dense(32, activation="hard_sigmoid", name="dense_hard_sigmoid")(layers.Flatten()(x))
+    return keras.Model(inputs, layers.Dense(10, name="logits")(x), name="activations")
+
+
 def mobilenet_block() -> keras.Model:
     """MobileNet's pattern: bias-free convolutions whose BatchNorm the converter folds in, ReLU6, global pooling."""
     inputs = keras.Input((28, 28, 1))
@@ -120,6 +132,7 @@ MODELS = {
     "Conv2DTranspose": (transposed_conv_net, False),
     "separable and 1-D depthwise/transposed": (separable_net, False),
     "SeparableConv1D": (separable_1d_net, False),
+    "relu6, hard_sigmoid, PReLU, LeakyReLU": (activations_net, False),
 }
 
 
@@ -189,7 +202,7 @@ def test_a_converter_refusal_is_a_clear_error_and_writes_nothing(fashion_small, 
     qmodel.fit(train.x[:512], train.y[:512], batch_size=64, epochs=1, verbose=0)
     saved = tmp_path / "model.tflite"
     saved.write_bytes(b"an earlier export")
-    with pytest.raises(tf_ecqx.export.ExportError, match=r"converter could not convert .*average_pool_2d.*exclude="):
+    with pytest.raises(tf_ecqx.export.ExportError, match=r"could not convert qmodel: .*average_pool_2d.*exclude="):
         tf_ecqx.export.to_tflite(qmodel, saved, train.x[:64], verification_data=test.x[:64])
     assert saved.read_bytes() == b"an earlier export"
 
@@ -223,3 +236,15 @@ def test_a_separable_conv1d_is_quantized_as_its_depthwise_and_pointwise_convolut
     names = [k.name for k in tf_ecqx.quantized_kernels(tf_ecqx.quantize_model(model, bits=4))]
     assert names == ["separable_depthwise", "separable_pointwise", "logits"]
     np.testing.assert_allclose(outputs[0], outputs[1], atol=1e-5)
+
+
+def test_an_op_without_an_int8_kernel_is_a_clear_error(fashion_small, tmp_path):
+    train, _ = fashion_small
+    inputs = keras.Input((28, 28, 1))
+    x = layers.Conv2D(8, 3, strides=2, activation="elu", name="conv")(inputs)  # split off, then quantized apart
+    qmodel = tf_ecqx.quantize_model(keras.Model(inputs, layers.Dense(10)(layers.Flatten()(x))), bits=4)
+    assert "quant_conv_activation" in [layer.name for layer in qmodel.layers]
+    compile_for_classification(qmodel).fit(train.x[:256], train.y[:256], verbose=0)
+    with pytest.raises(tf_ecqx.export.ExportError, match=r"could not convert qmodel: .*\(ELU, for one"):
+        tf_ecqx.export.to_tflite(qmodel, tmp_path / "model.tflite", train.x[:64])
+    assert not (tmp_path / "model.tflite").exists()

@@ -76,11 +76,12 @@ def convert_int8(
         converter.inference_output_type = tf.int8
     try:
         return converter.convert()
-    except ConverterError as error:
+    except (ConverterError, RuntimeError) as error:  # its quantizer raises bare RuntimeErrors
         raise ExportError(
-            f"The TFLite converter could not convert qmodel: {converter_complaint(error)} Nothing was written. The op "
-            "it names points at the layer kind; quantize_model(..., exclude=[...]) that layer to keep it in float, "
-            "and report the message to tf_ecqx so that the layer gets a scheme the converter takes."
+            f"The TFLite converter could not convert qmodel: {converter_complaint(error)} Nothing was written. Usual "
+            "causes: an op TFLite cannot run in int8 (ELU, for one: replace that activation) or a quantization the "
+            "converter cannot follow (quantize_model(..., exclude=[...]) the layer the op comes from keeps it in "
+            "float). Please report the message to tf_ecqx."
         ) from None
 
 

@@ -27,7 +27,7 @@ from tf_ecqx._keras import keras
 from tf_ecqx.layers import KERNEL_ATTRS
 from tf_ecqx.quantization.configs import ECQxQuantizeConfig
 from tf_ecqx.quantization.settings import ECQxSettings
-from tf_ecqx.quantization.transforms import SeparableConv1DSplit
+from tf_ecqx.quantization.transforms import ActivationSplit, SeparableConv1DSplit
 
 layers = keras.layers
 # Layers with nothing to quantize, by what a full-integer export needs of them (tfmot's registry does not list them,
@@ -48,6 +48,7 @@ NO_FAKE_QUANTIZATION = (
 )
 QUANTIZED_OUTPUT = (
     layers.BatchNormalization,
+    layers.PReLU,
     layers.AveragePooling3D,
     layers.UpSampling1D,
     layers.UpSampling3D,
@@ -110,7 +111,7 @@ class ECQxQuantizeLayoutTransform(tfmot_layout.Default8BitQuantizeLayoutTransfor
     def apply(self, model: keras.Model, layer_quantize_map: dict[str, dict[str, Any]]) -> tuple[keras.Model, dict]:
         requested = {name: entry.get("quantize_config") for name, entry in layer_quantize_map.items()}
         model, layer_quantize_map = ModelTransformer(
-            model, [SeparableConv1DSplit()], set(layer_quantize_map), layer_quantize_map
+            model, [SeparableConv1DSplit(), ActivationSplit()], set(layer_quantize_map), layer_quantize_map
         ).transform()
         transformed, quantize_map = super().apply(model, layer_quantize_map)
         for layer in transformed.layers:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import copy
 from typing import Any
 
 from tensorflow_model_optimization.python.core.quantization.keras import utils as quantize_utils
@@ -11,8 +12,18 @@ from tensorflow_model_optimization.python.core.quantization.keras.graph_transfor
     LayerPattern,
     Transform,
 )
+from tensorflow_model_optimization.python.core.quantization.keras.quantize_aware_activation import (
+    QuantizeAwareActivation,
+)
 
 from tf_ecqx._keras import keras
+from tf_ecqx.layers import KERNEL_ATTRS
+
+# The activations tfmot's wrapper quantizes inside a layer (before or after applying them); any other fails in
+# quantize_apply with a message that names neither the layer nor a fix.
+FUSABLE_ACTIVATIONS = (
+    QuantizeAwareActivation._PRE_QUANT_ACTIVATIONS | QuantizeAwareActivation._POST_QUANT_ACTIVATIONS | {"linear"}
+)
 
 
 def _node(layer: keras.layers.Layer, input_node: LayerNode | None, weights: dict[str, Any] | None = None) -> LayerNode:
@@ -27,6 +38,29 @@ def _node(layer: keras.layers.Layer, input_node: LayerNode | None, weights: dict
     )
 
 
+def _has_own_config(node: LayerNode) -> bool:
+    """Whether the user annotated the layer with a quantize config of their own (theirs to handle, then)."""
+    return node.metadata.get("quantize_config") is not None
+
+
+class ActivationSplit(Transform):
+    """A kernel layer whose activation tfmot cannot quantize inside it (elu, relu6, hard_sigmoid, selu, ...) -> the
+    layer without activation, then an Activation layer `<name>_activation`, which gets an 8-bit output quantizer."""
+
+    def pattern(self) -> LayerPattern:
+        return LayerPattern("|".join(kind.__name__ for kind in KERNEL_ATTRS))
+
+    def replacement(self, match_layer: LayerNode) -> LayerNode:
+        activation = match_layer.layer["config"].get("activation", "linear")
+        if _has_own_config(match_layer) or activation in FUSABLE_ACTIVATIONS:
+            return match_layer
+        linear = copy.deepcopy(match_layer.layer)
+        linear["config"]["activation"] = "linear"
+        layer = LayerNode(linear, weights=match_layer.weights, metadata=match_layer.metadata)
+        name = f"{linear['config']['name']}_activation"
+        return _node(keras.layers.Activation(keras.activations.deserialize(activation), name=name), layer)
+
+
 class SeparableConv1DSplit(Transform):
     """SeparableConv1D -> [ZeroPadding1D for causal padding] -> DepthwiseConv1D -> 1x1 Conv1D, the same computation.
 
@@ -39,7 +73,7 @@ class SeparableConv1DSplit(Transform):
         return LayerPattern("SeparableConv1D")
 
     def replacement(self, match_layer: LayerNode) -> LayerNode:
-        if match_layer.metadata.get("quantize_config") is not None:  # the user's own config: theirs to handle
+        if _has_own_config(match_layer):
             return match_layer
         config = match_layer.layer["config"]
         depthwise_kernel, pointwise_kernel, *bias = match_layer.weights.values()

@@ -85,11 +85,21 @@ def test_export_drift_prints_ours_beside_tfmot():
         assert 0 <= float(accuracy) <= 1 and float(error) >= 0 and float(sensitivity) >= 0 and agreement.endswith("%")
 
 
-def test_bench_levers_prints_a_row_per_lever():
-    out = run_tool("bench_levers.py", "--steps", "5", "--baseline", "3-epochs")
-    rows = {line[:28].strip(): line.split()[-4:] for line in out.splitlines()[3:]}
-    assert set(rows) == {"ECQ", "ECQ + lambda ramp", "ECQ + distillation", "ECQx q=0 (reference)", "ECQx q=0.05"}, out
-    assert all(0.1 < float(accuracy) <= 1 and int(size) > 0 for accuracy, _, size, _ in rows.values())
+def test_bench_levers_prints_a_row_per_lever_and_run_and_a_summary_it_can_redo_from_its_output(tmp_path):
+    out = run_tool("bench_levers.py", "--steps", "5", "--baseline", "3-epochs", "--lambdas", "0.1", "0.4")
+    lines = out.splitlines()
+    rows = [line.split() for line in lines[3:15]]
+    runs = {"ECQ", "ECQ + lambda ramp", "ECQ + distillation", "ECQx q=0 (reference)", "ECQx q=0.05"}
+    runs.add("ECQ + rate allocation")
+    assert {line[:28].strip() for line in lines[3:15]} == runs, out
+    for *_, lambda_, seed, accuracy, sparsity, bitstream, whole, _seconds in rows:
+        assert lambda_ in ("0.100", "0.400") and seed == "0" and 0.1 < float(accuracy) <= 1, out
+        assert 0 < float(sparsity.rstrip("%")) < 100 and 0 < int(bitstream) < int(whole), out
+    summary = lines[lines.index("") + 1 :]
+    assert {line[:28].strip() for line in summary[1:]} == runs, out
+    assert all(line.split()[-1] != "none" for line in summary[1:] if not line.startswith("ECQ    ")), out
+    (tmp_path / "out.txt").write_text(out)
+    assert run_tool("bench_levers.py", "--summarize", str(tmp_path / "out.txt")).splitlines() == summary
 
 
 def test_bench_scale_prints_a_row_of_numbers_and_the_verdicts():

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import time
 from dataclasses import dataclass
 
@@ -46,6 +47,8 @@ RUNS: dict[str, dict[str, float]] = {
     "ECQ + rate allocation": {"rates": 1},
 }
 WITHIN_PP = 0.5
+# A row as Point.row prints it: run, lambda, seed, accuracy, sparsity %, bitstream, whole file, seconds.
+ROW = re.compile(r"^(.{28}) +(\d+\.\d+) +(\d+) +(\d\.\d+) +([\d.]+)% +(\d+) +(\d+) +(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,22 @@ def summary(points: list[Point], float_accuracy: float, seeds: list[int]) -> lis
     return lines
 
 
+def read_logs(paths: list[str]) -> tuple[float, list[Point]]:
+    """The float accuracy and the run rows of earlier outputs of this script (runs split over processes or cores)."""
+    float_accuracies, points = set(), []
+    for path in paths:
+        for line in open(path).read().splitlines():
+            if line.startswith("float "):
+                float_accuracies.add(float(line.split()[-1]))
+            elif row := ROW.match(line):
+                name, lambda_, seed, accuracy, sparsity, bitstream, whole, seconds = row.groups()
+                point = (float(lambda_), int(seed), float(accuracy), float(sparsity) / 100)
+                points.append(Point(name.strip(), *point, int(bitstream), int(whole), float(seconds)))
+    if len(float_accuracies) != 1:
+        raise SystemExit(f"The logs must come from one float model; their float accuracies: {sorted(float_accuracies)}")
+    return float_accuracies.pop(), points
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="demo_cnn", choices=["demo_cnn", "mlp"])
@@ -144,7 +163,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=938)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS), help="default: all")
+    parser.add_argument(
+        "--summarize", nargs="+", metavar="LOG", help="only the summary, of the rows these outputs hold"
+    )
     args = parser.parse_args()
+    if args.summarize:
+        float_accuracy, points = read_logs(args.summarize)
+        print("\n".join(summary(points, float_accuracy, sorted({p.seed for p in points}))))
+        return
     train, test = fashion_mnist(use_tfds=False)
     if args.baseline == "converged":
         float_model = converged_float_model(args.model, train, seed=0, verbose=0)

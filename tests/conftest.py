@@ -72,6 +72,21 @@ def small_cnn(batch_norm: bool = False, residual: bool = False) -> keras.Model:
     return keras.Model(inputs, outputs)
 
 
+@pytest.fixture(scope="session")
+def trained_bn_cnn(fashion_small) -> keras.Model:
+    """small_cnn(batch_norm=True) trained one epoch on fashion_small (seed 0): a float model to quantize."""
+    train, _ = fashion_small
+    keras.utils.set_random_seed(0)
+    model = small_cnn(batch_norm=True)
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    model.fit(train.x, train.y, batch_size=64, epochs=1, verbose=0)
+    return model
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)

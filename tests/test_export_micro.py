@@ -4,12 +4,10 @@ import re
 
 import numpy as np
 import pytest
-from conftest import small_cnn
 from tflite_micro.tensorflow.lite.micro.compression import lut, model_editor, spec
 from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
 
 import tf_ecqx
-from tf_ecqx._keras import keras
 from tf_ecqx.export import ExportError, flatbuffer, to_tflite
 from tf_ecqx.export.conversion import MICRO_BATCH_SIZE, dense_int8
 from tf_ecqx.export.micro import check_decoded, with_decode
@@ -19,13 +17,10 @@ from tf_ecqx.models import compile_for_classification
 
 
 @pytest.fixture(scope="module")
-def bn_qmodel(fashion_small):
+def bn_qmodel(trained_bn_cnn, fashion_small):
     """A small CNN with a BatchNorm the converter folds into per-channel int8 filters, ECQ 4 bit, briefly trained."""
     train, _ = fashion_small
-    keras.utils.set_random_seed(0)
-    model = compile_for_classification(small_cnn(batch_norm=True))
-    model.fit(train.x, train.y, batch_size=64, epochs=1, verbose=0)
-    qmodel = compile_for_classification(tf_ecqx.quantize_model(model, bits=4, lambda_=0.5))
+    qmodel = compile_for_classification(tf_ecqx.quantize_model(trained_bn_cnn, bits=4, lambda_=0.5))
     qmodel.fit(train.x, train.y, batch_size=64, epochs=1, verbose=0)
     return qmodel
 

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-from conftest import small_cnn
 
 import tf_ecqx
 from tf_ecqx._keras import keras
@@ -21,24 +20,15 @@ def two_branch_net() -> keras.Model:
     return keras.Model(inputs, layers.Dense(10, name="logits")(layers.Add()([felt, layers.Rescaling(0.01)(faint)])))
 
 
-@pytest.fixture(scope="module")
-def trained_cnn(fashion_small):
-    train, _ = fashion_small
-    keras.utils.set_random_seed(0)
-    model = compile_for_classification(small_cnn(batch_norm=True))
-    model.fit(train.x, train.y, batch_size=64, epochs=1, verbose=0)
-    return model
-
-
 def pressure(kernel) -> float:
     """lambda_max,l * d_l: the layer's lambda per unit of the user's."""
     grid = kernel.quantizer.grid(kernel.state)
     return float(layer_lambda(kernel.kernel, grid, 1.0, kernel.state["size_factor"]))
 
 
-def test_every_layer_gets_the_same_loss_per_bit_and_lambda_keeps_its_scale(trained_cnn, fashion_small):
+def test_every_layer_gets_the_same_loss_per_bit_and_lambda_keeps_its_scale(trained_bn_cnn, fashion_small):
     train, _ = fashion_small
-    qmodel = compile_for_classification(tf_ecqx.quantize_model(trained_cnn, bits=4))
+    qmodel = compile_for_classification(tf_ecqx.quantize_model(trained_bn_cnn, bits=4))
     kernels = list(tf_ecqx.quantized_kernels(qmodel))
     heuristic = [pressure(k) for k in kernels]
     state = [v.numpy() for v in qmodel.non_trainable_variables]
@@ -63,9 +53,9 @@ def test_every_layer_gets_the_same_loss_per_bit_and_lambda_keeps_its_scale(train
     assert changed and all("size_factor" in name for name in changed), changed
 
 
-def test_the_factors_are_saved_with_the_model(trained_cnn, fashion_small, tmp_path):
+def test_the_factors_are_saved_with_the_model(trained_bn_cnn, fashion_small, tmp_path):
     train, _ = fashion_small
-    qmodel = compile_for_classification(tf_ecqx.quantize_model(trained_cnn, bits=4))
+    qmodel = compile_for_classification(tf_ecqx.quantize_model(trained_bn_cnn, bits=4))
     rates = tf_ecqx.allocate_rates(qmodel, train.as_dataset(16).take(4))
     qmodel.save(tmp_path / "qat.keras")
     with tf_ecqx.quantize_scope():
@@ -106,9 +96,9 @@ def test_the_layer_the_loss_hardly_feels_is_pruned_harder_after_fit(fashion_smal
         ("a float model", "has no ECQ kernel"),
     ],
 )
-def test_bad_input_is_refused_and_changes_nothing(case, match, trained_cnn, fashion_small):
+def test_bad_input_is_refused_and_changes_nothing(case, match, trained_bn_cnn, fashion_small):
     train, _ = fashion_small
-    qmodel = tf_ecqx.quantize_model(trained_cnn, bits=4)
+    qmodel = tf_ecqx.quantize_model(trained_bn_cnn, bits=4)
     if case != "not compiled":
         compile_for_classification(qmodel)
     data, options, target = (train.x[:64], train.y[:64]), {}, qmodel
@@ -121,7 +111,7 @@ def test_bad_input_is_refused_and_changes_nothing(case, match, trained_cnn, fash
     elif case == "batches=0":
         options = {"batches": 0}
     elif case == "a float model":
-        target = trained_cnn
+        target = trained_bn_cnn
     before = [float(k.state["size_factor"].numpy()) for k in tf_ecqx.quantized_kernels(qmodel)]
     with pytest.raises(ValueError, match=match):
         tf_ecqx.allocate_rates(target, data, **options)

@@ -51,8 +51,8 @@ class ActivationSplit(Transform):
         return LayerPattern("|".join(kind.__name__ for kind in KERNEL_ATTRS))
 
     def replacement(self, match_layer: LayerNode) -> LayerNode:
-        activation = match_layer.layer["config"].get("activation", "linear")
-        if _has_own_config(match_layer) or activation in FUSABLE_ACTIVATIONS:
+        activation = match_layer.layer["config"].get("activation", "linear")  # a dict for a custom function
+        if _has_own_config(match_layer) or (isinstance(activation, str) and activation in FUSABLE_ACTIVATIONS):
             return match_layer
         linear = copy.deepcopy(match_layer.layer)
         linear["config"]["activation"] = "linear"

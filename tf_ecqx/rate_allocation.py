@@ -71,7 +71,8 @@ def loss_sensitivities(qmodel: keras.Model, data: Any, batches: int, batch_size:
     seen = 0
     with frozen_kernels(qmodel), _state_kept(qmodel):
         frozen = [k.state[FROZEN_VALUES] for k in kernels]
-        for x, y in labelled_batches(data, batch_size, "allocate_rates").take(batches):
+        for batch in labelled_batches(data, batch_size, "allocate_rates").take(batches):
+            x, y = batch[:2]  # a sample weight, if any, is not needed for a sensitivity
             with tf.GradientTape() as tape:
                 tape.watch(frozen)
                 loss = qmodel.compiled_loss(y, qmodel(x, training=True))

@@ -85,7 +85,7 @@ def convert_int8(
         ) from None
 
 
-def converter_complaint(error: ConverterError) -> str:
+def converter_complaint(error: Exception) -> str:
     """The first 'error:' of a converter message, without the call-site location it starts with."""
     lines = [line.split("error:", 1)[1].strip() for line in str(error).splitlines() if "error:" in line]
     lines += str(error).strip().splitlines() or ["it gave no reason"]

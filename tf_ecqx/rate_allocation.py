@@ -21,8 +21,8 @@ import tensorflow as tf
 
 from tf_ecqx._keras import keras
 from tf_ecqx.datasets import labelled_batches
-from tf_ecqx.ecq.assign import layer_lambda, size_factor
-from tf_ecqx.quantization.kernels import QuantizedKernel, frozen_kernels, quantized_kernels
+from tf_ecqx.ecq.assign import layer_lambda
+from tf_ecqx.quantization.kernels import QuantizedKernel, frozen_kernels, layer_size_factors, quantized_kernels
 from tf_ecqx.quantization.quantizers import FROZEN_VALUES
 
 # The largest size factor a kernel gets: the heuristic's, for the largest layer.
@@ -110,7 +110,7 @@ def allocate_rates(qmodel: keras.Model, data: Any, batches: int = 32, batch_size
         raise ValueError("allocate_rates: qmodel has no ECQ kernel; pass the model returned by tf_ecqx.quantize_model.")
     sensitivities = loss_sensitivities(qmodel, data, batches, batch_size)
     sizes = np.array([int(tf.size(k.kernel)) for k in kernels])
-    heuristic = np.array([size_factor(n, int(sizes.max())) for n in sizes])
+    heuristic = np.array(layer_size_factors(kernels))
     pressures = np.array([_lambda_max(k) for k in kernels])
     allocated = (sensitivities > 0) & (pressures > 0) & np.isfinite(pressures)
     factors = heuristic.copy()

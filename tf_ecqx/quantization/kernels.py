@@ -75,9 +75,14 @@ def frozen_kernels(qmodel: keras.Model) -> Iterator[None]:
             k.state.pop(FROZEN_VALUES, None)
 
 
+def layer_size_factors(kernels: list[QuantizedKernel]) -> list[float]:
+    """The reference's layer-size factor d_l of each kernel, relative to the largest of them."""
+    sizes = [int(tf.size(k.kernel)) for k in kernels]
+    return [size_factor(n, max(sizes, default=1)) for n in sizes]
+
+
 def initialize_grids(qmodel: keras.Model) -> None:
     """Fit every kernel's grid to its current (pretrained) values and set the layer-size factors d_l."""
     kernels = list(quantized_kernels(qmodel))
-    largest = max((int(tf.size(k.kernel)) for k in kernels), default=1)
-    for k in kernels:
-        k.quantizer.initialize(k.kernel, k.state, size_factor(int(tf.size(k.kernel)), largest))
+    for k, factor in zip(kernels, layer_size_factors(kernels)):
+        k.quantizer.initialize(k.kernel, k.state, factor)

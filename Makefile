@@ -2,6 +2,8 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 export TF_CPP_MIN_LOG_LEVEL ?= 2
+# `make test` runs the suite in this many processes (pytest-xdist); 2 suits a 2-core machine.
+TEST_WORKERS ?= 2
 
 .PHONY: setup demo test test-fast lint bench clean
 
@@ -12,7 +14,7 @@ demo: setup
 	$(VENV)/bin/tf-ecqx demo
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 test-fast: setup
 	$(PY) -m pytest -q -m fast

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from tf_ecqx import files
 from tf_ecqx._keras import keras
 from tf_ecqx.datasets import Split
 
@@ -160,7 +161,6 @@ def _cached(path: Path, name: str, seed: int, fit: Callable[[keras.Model], None]
     model = compile_for_classification(ARCHITECTURES[name]())
     fit(model)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial.keras")
-    model.save(partial)
-    partial.replace(path)  # a crash mid-save never leaves a truncated cache entry
+    with files.atomic_path(path) as partial:  # unique per writer: parallel test workers may train the same model
+        model.save(partial)
     return model

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from conftest import small_cnn
 from sklearn.datasets import load_digits
 
@@ -222,6 +223,92 @@ def test_canonize_refuses_batch_norm_after_an_activation():
     assert lrp(model, np.ones((2, 4)), composite="epsilon", bn="pass").input.shape == (2, 4)
 
 
+# layers beyond iNNvestigate's ---------------------------------------------------------------------------------------
+
+
+def rows_model(two_d: bool) -> keras.Model:
+    """DepthwiseConv1D -> Conv1DTranspose on 8 steps of 8 features, or the same computation in 2-D on a 1x8 image."""
+    inputs = keras.Input((1, 8, 8) if two_d else (8, 8))
+    if two_d:
+        x = layers.DepthwiseConv2D((1, 3), depth_multiplier=2, activation="relu", name="depthwise")(inputs)
+        x = layers.Conv2DTranspose(4, (1, 3), strides=(1, 2), activation="relu", name="transposed")(x)
+    else:
+        x = layers.DepthwiseConv1D(3, depth_multiplier=2, activation="relu", name="depthwise")(inputs)
+        x = layers.Conv1DTranspose(4, 3, strides=2, activation="relu", name="transposed")(x)
+    return keras.Model(inputs, layers.Dense(10, name="logits")(layers.Flatten()(x)))
+
+
+@pytest.mark.parametrize("composite", ["epsilon", "epsilon_plus_flat", "lrp.alpha_2_beta_1", "lrp.w_square"])
+def test_1d_depthwise_and_transposed_convolutions_equal_their_2d_forms_on_one_row(digits, composite):
+    keras.utils.set_random_seed(0)
+    one_d, two_d = rows_model(two_d=False), rows_model(two_d=True)
+    two_d.set_weights([w.reshape(v.shape) for w, v in zip(one_d.get_weights(), two_d.get_weights(), strict=True)])
+    x, y = digits
+    rows = x.reshape(-1, 8, 8)
+    expected = lrp(two_d, rows[:, None], y, composite=composite)
+    relevances = lrp(one_d, rows, y, composite=composite)
+    np.testing.assert_allclose(relevances.input, expected.input[:, 0], rtol=1e-4, atol=1e-6)
+    for name, r_w in expected.weights.items():
+        np.testing.assert_allclose(relevances.weights[name], r_w.reshape(relevances.weights[name].shape), atol=1e-6)
+
+
+def test_batch_norm_after_a_transposed_convolution_is_canonized_into_its_output_channels(digits):
+    """Canonizing equals explaining the model with the BatchNorm folded in by hand (a transposed kernel is
+    (h, w, out, in): the scale goes on its second-to-last axis)."""
+
+    def model(batch_norm: bool) -> keras.Model:
+        inputs = keras.Input((8, 8, 1))
+        x = layers.Conv2DTranspose(4, 3, strides=2, use_bias=not batch_norm, name="up")(inputs)
+        x = layers.BatchNormalization(name="bn")(x) if batch_norm else x
+        x = layers.GlobalAveragePooling2D()(layers.ReLU()(x))
+        return keras.Model(inputs, layers.Dense(10, name="logits")(x))
+
+    keras.utils.set_random_seed(0)
+    with_bn, folded = with_random_statistics(model(batch_norm=True)), model(batch_norm=False)
+    bn = with_bn.get_layer("bn")
+    gamma, beta, mean, variance = bn.get_weights()
+    scale = gamma / np.sqrt(variance + bn.epsilon)
+    kernel = with_bn.get_layer("up").get_weights()[0]
+    folded.get_layer("up").set_weights([kernel * scale[:, None], beta - mean * scale])
+    folded.get_layer("logits").set_weights(with_bn.get_layer("logits").get_weights())
+    x, y = digits
+    canonized = lrp(with_bn, x, y, composite="epsilon", bn="canonize")
+    expected = lrp(folded, x, y, composite="epsilon")
+    np.testing.assert_allclose(canonized.input, expected.input, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(canonized.weights["up"], expected.weights["up"], rtol=1e-4, atol=1e-7)
+
+
+def test_a_product_gives_all_relevance_to_its_signal_and_none_to_the_gate(digits):
+    """Squeeze-excite: x * sigmoid(W pooled(x)). Relevance is conserved through the signal x; the gate's kernel gets
+    none (ECQx then keeps ECQ's assignment for it)."""
+    inputs = keras.Input((8, 8, 1))
+    x = layers.Conv2D(4, 3, use_bias=False, activation="relu", name="conv")(inputs)
+    gate = layers.GlobalAveragePooling2D(keepdims=True)(x)
+    gate = layers.Conv2D(4, 1, activation="sigmoid", name="excite")(gate)
+    x = layers.GlobalAveragePooling2D()(layers.Multiply()([x, gate]))
+    model = keras.Model(inputs, layers.Dense(10, use_bias=False, name="logits")(x))
+    x, y = digits
+    relevances = lrp(model, x, y, composite=TINY_EPSILON)
+    np.testing.assert_allclose(relevances.input.sum(axis=(1, 2, 3)), target_logits(model, x, y), rtol=1e-4, atol=1e-6)
+    assert relevances.weights["conv"].sum() == pytest.approx(target_logits(model, x, y).mean(), rel=1e-4)
+    assert not relevances.weights["excite"].any()
+
+
+def test_tensorflow_op_layers_run_with_their_constants_and_pass_relevance_when_elementwise(digits):
+    """MobileNetV3's hard swish x * relu6(x + 3) / 6 is written with TensorFlow ops, which Keras wraps as layers
+    holding their constants in the call. The weight relevances of the logits layer sum to the mean target logit
+    only if the forward pass computed its input with those constants."""
+    inputs = keras.Input((8, 8, 1))
+    x = layers.Conv2D(4, 3, use_bias=False, name="conv")(inputs)
+    x = layers.Multiply()([x, layers.ReLU(6.0)(x + 3.0) * (1.0 / 6.0)])
+    x = layers.Flatten()(x * 2.0 - 0.5)
+    model = keras.Model(inputs, layers.Dense(10, use_bias=False, name="logits")(x))
+    x, y = digits
+    relevances = lrp(model, x, y, composite=TINY_EPSILON)
+    assert relevances.weights["logits"].sum() == pytest.approx(target_logits(model, x, y).mean(), rel=1e-4)
+    assert relevances.weights["conv"].any()
+
+
 # models, compilation and QAT -----------------------------------------------------------------------------------------
 
 
@@ -290,9 +377,17 @@ def test_qat_model_uses_quantized_kernels(digits, bn):
 
 def test_unsupported_layer_is_named():
     inputs = keras.Input((4, 4, 1))
-    x = layers.Conv2DTranspose(2, 3, name="transposed")(inputs)
+    x = layers.LayerNormalization(name="norm")(inputs)
     model = keras.Model(inputs, layers.Dense(3)(layers.Flatten()(x)))
-    with pytest.raises(ValueError, match=r"'transposed' \(Conv2DTranspose\) is not supported by LRP"):
+    with pytest.raises(ValueError, match=r"'norm' \(LayerNormalization\) is not supported by LRP"):
+        lrp(model, np.ones((1, 4, 4, 1)))
+
+
+def test_a_tensorflow_op_relevance_cannot_pass_is_named():
+    inputs = keras.Input((4, 4, 1))
+    x = keras.layers.Conv2D(2, 3)(inputs)
+    model = keras.Model(inputs, layers.Dense(3)(layers.Flatten()(tf.reduce_max(x, axis=-1))))
+    with pytest.raises(ValueError, match=r"reduce_max, a TensorFlow op Keras wrapped\) is reached by relevance"):
         lrp(model, np.ones((1, 4, 4, 1)))
 
 

@@ -23,9 +23,10 @@ PRESET_EPSILON = 0.1  # the ε of iNNvestigate's LRPSequentialPreset* analyzers
 class Composite:
     """A layer-kind -> rule map.
 
-    dense: rule for Dense layers; conv: for Conv1D/Conv2D/DepthwiseConv2D; first: if set, for every linear layer with no
-    other linear layer between it and the model input (iNNvestigate's input_layer_rule takes the layers fed by the input
-    through Flatten/Reshape/Permute only: the same layers unless pooling or padding comes first).
+    dense: rule for Dense layers; conv: for the convolutions (plain, depthwise, transposed); first: if set, for every
+    linear layer with no other linear layer between it and the model input (iNNvestigate's input_layer_rule takes the
+    layers fed by the input through Flatten/Reshape/Permute only: the same layers unless pooling or padding comes
+    first).
     bn: "pass" hands relevance through BatchNormalization unchanged; "canonize" folds each BatchNormalization into the
     linear layer before it (kernel and bias), so that layer's rule sees BN(z).
     weight_epsilon: ε of the ε rule that gives the per-weight relevances (docs/method.md §6).

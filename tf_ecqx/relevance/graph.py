@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 from tensorflow_model_optimization.python.core.quantization.keras.quantize_wrapper import QuantizeWrapper
 
@@ -24,6 +25,7 @@ class Step:
     wrapper: QuantizeWrapper | None
     inputs: tuple[str, ...]
     output: str
+    call_arguments: tuple[tuple[Any, ...], dict[str, Any]]  # the call's (args, kwargs); Keras tensors stand for inputs
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,8 @@ def trace(model: keras.Model) -> Graph:
                 raise ValueError(f"Layer {layer.name!r} ({type(layer).__name__}) has several outputs; not supported.")
             wrapper = layer if layer_class(layer) is QuantizeWrapper else None
             inner = layer.layer if wrapper is not None else layer
-            steps.append(Step(inner, wrapper, tuple(node.flat_input_ids), node.flat_output_ids[0]))
+            arguments = (tuple(node.call_args), dict(node.call_kwargs))
+            steps.append(Step(inner, wrapper, tuple(node.flat_input_ids), node.flat_output_ids[0], arguments))
     readers = Counter(i for step in steps for i in step.inputs)
     readers[str(id(model.outputs[0]))] += 1
     return Graph(tuple(steps), str(id(model.inputs[0])), str(id(model.outputs[0])), readers)

@@ -1,4 +1,5 @@
-"""The linear layers LRP decomposes (Dense, Conv1D, Conv2D, DepthwiseConv2D) as `Linear` pieces, read at call time.
+"""The linear layers LRP decomposes (Dense, convolutions: plain, depthwise, transposed) as `Linear` pieces, read at call
+time.
 
 For a tfmot QAT wrapper the kernel is the wrapper's quantizer output (what the QAT forward uses) and the activation is
 the plain one inside tfmot's activation wrapper: LRP runs on the float computation with quantized kernels.
@@ -20,8 +21,11 @@ from tf_ecqx.layers import KERNEL_ATTRS, layer_class, wrapper_weights
 from tf_ecqx.relevance.graph import Step
 from tf_ecqx.relevance.rules import Linear
 
-# The kernel layers LRP decomposes (of those layers.KERNEL_ATTRS quantizes; Conv2DTranspose has no rule yet).
-LINEAR_KINDS = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
+# The kernel layers LRP decomposes: those layers.KERNEL_ATTRS quantizes with one kernel (a SeparableConv is split into
+# its depthwise and pointwise convolutions before it is quantized).
+DEPTHWISE_KINDS = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
+TRANSPOSED_KINDS = (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose)
+LINEAR_KINDS = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D, *DEPTHWISE_KINDS, *TRANSPOSED_KINDS)
 
 
 def kind(layer: keras.layers.Layer) -> str:
@@ -56,10 +60,38 @@ def activation(layer: keras.layers.Layer) -> Callable[[tf.Tensor], tf.Tensor]:
     return fn
 
 
+def _depthwise_conv1d(layer: keras.layers.Layer, x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
+    """DepthwiseConv1D's computation: a depthwise 2-D convolution over a height-1 image."""
+    z = tf.nn.depthwise_conv2d(
+        tf.expand_dims(x, 1),
+        tf.expand_dims(kernel, 0),
+        strides=(1, 1, *layer.strides, 1),
+        padding=layer.padding.upper(),
+        dilations=(1, *layer.dilation_rate),
+    )
+    return tf.squeeze(z, [1])
+
+
+def _transposed_conv(layer: keras.layers.Layer, x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
+    """Conv1D/2DTranspose's computation; the spatial output size is static once the input's is."""
+    spatial = layer.compute_output_shape(x.shape)[1:]
+    return tf.nn.conv_transpose(
+        x,
+        kernel,
+        tf.stack([tf.shape(x)[0], *spatial]),
+        strides=layer.strides,
+        padding=layer.padding.upper(),
+        dilations=layer.dilation_rate,
+    )
+
+
 def _conv(layer: keras.layers.Layer) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
-    if layer_class(layer) is keras.layers.Dense:
+    cls = layer_class(layer)
+    if cls is keras.layers.Dense:
         return lambda x, k: tf.tensordot(x, k, [[x.shape.rank - 1], [0]]) if x.shape.rank > 2 else tf.matmul(x, k)
-    if layer_class(layer) is keras.layers.DepthwiseConv2D:
+    if cls is keras.layers.DepthwiseConv1D:
+        return lambda x, k: _depthwise_conv1d(layer, x, k)
+    if cls is keras.layers.DepthwiseConv2D:
         return lambda x, k: keras.backend.depthwise_conv2d(
             x,
             k,
@@ -68,6 +100,8 @@ def _conv(layer: keras.layers.Layer) -> Callable[[tf.Tensor, tf.Tensor], tf.Tens
             dilation_rate=layer.dilation_rate,
             data_format=layer.data_format,
         )
+    if cls in TRANSPOSED_KINDS:
+        return lambda x, k: _transposed_conv(layer, x, k)
     if layer.padding == "causal":
         return lambda x, k: layer.convolution_op(tf.pad(x, layer._compute_causal_padding(x)), k)
     return layer.convolution_op
@@ -97,8 +131,12 @@ def fold_batch_norm(op: Linear, linear_step: Step, bn_step: Step, rank: int) -> 
     shift = -weight(bn_step, "moving_mean") * scale
     if bn.center:
         shift += weight(bn_step, "beta")
-    depthwise = layer_class(layer) is keras.layers.DepthwiseConv2D
-    # a depthwise kernel (h, w, in, multiplier) has output channel in * multiplier + m
-    kernel_scale = tf.reshape(scale, op.kernel.shape[-2:]) if depthwise else scale
+    # a depthwise kernel (..., in, multiplier) has output channel in * multiplier + m; a transposed one: (..., out, in)
+    if layer_class(layer) in DEPTHWISE_KINDS:
+        kernel_scale = tf.reshape(scale, op.kernel.shape[-2:])
+    elif layer_class(layer) in TRANSPOSED_KINDS:
+        kernel_scale = tf.reshape(scale, (-1, 1))
+    else:
+        kernel_scale = scale
     bias = shift if op.bias is None else op.bias * scale + shift
     return Linear(op.conv, op.kernel * kernel_scale, bias)

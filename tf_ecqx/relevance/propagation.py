@@ -9,6 +9,13 @@ layers are handled as iNNvestigate 2.1.2 handles them:
 - gradient (relevance routed like the gradient): MaxPooling, GlobalMaxPooling (winner takes all), Flatten, Reshape,
   Permute, ZeroPadding (crop), Cropping, Concatenate (split back);
 - proportional (z rule, R_i = x_i · R / Σ x): Add, AveragePooling, GlobalAveragePooling.
+Layers iNNvestigate 2.1.2 has no rule for:
+- Multiply, signal takes all (Arras et al. 2017, for LSTM gates): the first input of the output's shape gets all the
+  relevance, the other factors (squeeze-excite gates, hard-swish's hard sigmoid) none. Their kernels then carry no
+  relevance, and ECQx keeps ECQ's assignment for a kernel without any (ecq/assign.py), rather than pruning the gates;
+- layers Keras makes of TensorFlow ops (MobileNetV3's `x + 3`, `x * (1/6)`): computed with the call's own constants,
+  and passed through when elementwise on one tensor; any other such op reached by relevance is refused by name;
+- PReLU passes relevance like the other activations.
 Defined differently from iNNvestigate, on purpose: `keras.layers.ReLU` passes relevance unchanged like every other
 activation (iNNvestigate sends it through the ReLU gradient, which only matters where a flat/w² rule put relevance on a
 dead unit), and BatchNormalization is passed or canonized (iNNvestigate applies the layer rule to BN as its own layer,
@@ -27,7 +34,7 @@ import tensorflow as tf
 from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import QuantizeLayer
 
 from tf_ecqx._keras import keras
-from tf_ecqx.layers import layer_class
+from tf_ecqx.layers import TF_OP_LAYERS, layer_class
 from tf_ecqx.relevance.composites import Composite, get_composite
 from tf_ecqx.relevance.graph import Graph, Step, trace
 from tf_ecqx.relevance.linear import LINEAR_KINDS, activation, check_linear, fold_batch_norm, kind, linear
@@ -41,6 +48,7 @@ PASS_LAYERS = (
     layers.ReLU,
     layers.LeakyReLU,
     layers.ELU,
+    layers.PReLU,
     layers.Dropout,
     layers.SpatialDropout1D,
     layers.SpatialDropout2D,
@@ -80,8 +88,16 @@ PROPORTIONAL_LAYERS = (
     layers.GlobalAveragePooling2D,
     layers.GlobalAveragePooling3D,
 )
-MERGE_LAYERS = (layers.Add, layers.Concatenate)
-SUPPORTED = (*LINEAR_KINDS, *PASS_LAYERS, *GRADIENT_LAYERS, *PROPORTIONAL_LAYERS)
+SIGNAL_TAKES_ALL_LAYERS = (layers.Multiply,)
+MERGE_LAYERS = (layers.Add, layers.Concatenate, layers.Multiply)
+SUPPORTED = (
+    *LINEAR_KINDS,
+    *PASS_LAYERS,
+    *GRADIENT_LAYERS,
+    *PROPORTIONAL_LAYERS,
+    *SIGNAL_TAKES_ALL_LAYERS,
+    *TF_OP_LAYERS,
+)
 
 
 class Relevances(NamedTuple):
@@ -157,6 +173,10 @@ def _call(step: Step, xs: list[tf.Tensor]) -> tf.Tensor:
         return xs[0]
     if cls is layers.Activation:
         return activation(layer)(xs[0])
+    if cls in TF_OP_LAYERS:  # the op's constants live in the call: replay it with these inputs
+        computed = dict(zip(step.inputs, xs, strict=True))
+        args, kwargs = tf.nest.map_structure(lambda v: computed.get(str(id(v)), v), step.call_arguments)
+        return layer(*args, **kwargs)
     return layer(xs if cls in MERGE_LAYERS else xs[0], training=False)
 
 
@@ -197,6 +217,28 @@ def _proportional(step: Step, xs: list[tf.Tensor], r: tf.Tensor) -> list[tf.Tens
     return [x * g for x, g in zip(xs, tape.gradient(z, xs, output_gradients=safe_divide(r, z)), strict=True)]
 
 
+def _signal_takes_all(step: Step, xs: list[tf.Tensor], r: tf.Tensor) -> list[tf.Tensor | None]:
+    """All of R to the first factor of the output's shape (the signal), none to the others (the gates)."""
+    signal = next((i for i, x in enumerate(xs) if x.shape == r.shape), None)
+    if signal is None:
+        raise ValueError(
+            f"Layer {step.layer.name!r} (Multiply) has no input of its output's shape {tuple(r.shape)}: LRP passes a "
+            "product's relevance to its signal, the factor the others (gates) scale."
+        )
+    return [r if i == signal else None for i in range(len(xs))]
+
+
+def _tf_op_pass(step: Step, xs: list[tf.Tensor], r: tf.Tensor) -> list[tf.Tensor]:
+    """R unchanged through a TensorFlow-op layer that is elementwise on one tensor; any other such op is refused."""
+    if len(xs) != 1 or xs[0].shape != r.shape:
+        raise ValueError(
+            f"Layer {step.layer.name!r} ({step.layer.get_config().get('function')}, a TensorFlow op Keras wrapped) "
+            f"is reached by relevance and is not elementwise on one tensor: LRP has no rule for it. Write it as a "
+            "Keras layer (Add, Multiply, Reshape, ...), or train the model with ECQ (ecqx=False)."
+        )
+    return [r]
+
+
 def _weight_relevance(op: Linear, a: tf.Tensor, r: tf.Tensor, epsilon: float) -> tf.Tensor:
     """R_W = W ⊙ ∂/∂W [Σ z(W) ⊙ stop_gradient(R / stab(z))], summed over the batch and positions."""
     with tf.GradientTape() as tape:
@@ -226,10 +268,17 @@ def _backward(
             r_in = [Pass()(None, xs[0], r)]
         elif layer_class(step.layer) in GRADIENT_LAYERS:
             r_in = _gradient(step, xs, r)
+        elif layer_class(step.layer) in SIGNAL_TAKES_ALL_LAYERS:
+            r_in = _signal_takes_all(step, xs, r)
+        elif layer_class(step.layer) in TF_OP_LAYERS:
+            r_in = _tf_op_pass(step, xs, r)
         else:
             r_in = _proportional(step, xs, r)
         for i, ri in zip(step.inputs, r_in, strict=True):
-            relevance[i] = relevance[i] + ri if i in relevance else ri
+            if ri is not None:
+                relevance[i] = relevance[i] + ri if i in relevance else ri
+    for index in plan.rules:  # a kernel no relevance reaches (a gate's: signal takes all) has zero relevance
+        weights.setdefault(graph.steps[index].layer.name, tf.zeros_like(ops[index].kernel))
     x = values[graph.input]
     return relevance.get(graph.input, tf.zeros_like(x)), weights
 

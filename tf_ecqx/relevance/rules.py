@@ -1,4 +1,4 @@
-"""LRP rules for linear layers (Dense, Conv1D/2D, DepthwiseConv2D): small hashable objects, zennit/iNNvestigate style.
+"""LRP rules for linear layers (Dense and the convolutions): small hashable objects, zennit/iNNvestigate style.
 
 A rule maps the relevance R at a linear layer's output (the pre-activation z; activations pass relevance unchanged) to
 its input with the gradient trick on a rule-modified forward z'

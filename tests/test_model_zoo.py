@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.zoo]
 ZOO = {
     "MobileNet": (True, False),
     "MobileNetV2": (False, False),
-    "EfficientNetB0": (False, True),  # its scale-only Rescaling would be multiplied into the stem's filter
+    "EfficientNetB0": (True, True),  # its scale-only Rescaling would be multiplied into the stem's filter
 }
 
 

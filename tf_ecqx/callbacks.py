@@ -14,6 +14,7 @@ from tf_ecqx._keras import keras
 from tf_ecqx.datasets import labelled_batches
 from tf_ecqx.distillation import quantized_student
 from tf_ecqx.quantization.kernels import QuantizedKernel, quantized_kernels
+from tf_ecqx.quantization.settings import STEPS, check_count
 from tf_ecqx.quantization.strip import strip
 from tf_ecqx.relevance.composites import get_composite
 from tf_ecqx.relevance.innvestigate_backend import InnvestigateBackend
@@ -32,13 +33,6 @@ def check_momentum(momentum: float) -> float:
             "a number in [0, 1) (reference 0.1)."
         )
     return float(momentum)
-
-
-def check_step_count(name: str, value: int) -> int:
-    """Return value if it is an integer >= 1 (a number of training steps)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}={value!r} must be an integer >= 1 (a number of training steps).")
-    return value
 
 
 def _class_indices(y: tf.Tensor) -> tf.Tensor:
@@ -71,7 +65,7 @@ class RelevanceCallback(keras.callbacks.Callback):
         batch_size: int = REFERENCE_BATCH_SIZE,
     ):
         super().__init__()
-        check_step_count("every_n_steps", every_n_steps)
+        check_count("every_n_steps", every_n_steps, meaning=STEPS)
         if output not in OUTPUTS:
             raise ValueError(f"output={output!r} is not known; use one of {OUTPUTS}.")
         self.every_n_steps = every_n_steps
@@ -195,7 +189,7 @@ class QuantizationMetrics(keras.callbacks.Callback):
     def __init__(self, log_dir: str | os.PathLike | None = None, update_freq: int | None = None):
         super().__init__()
         if update_freq is not None:
-            check_step_count("update_freq", update_freq)
+            check_count("update_freq", update_freq, meaning=STEPS)
         self.log_dir = None if log_dir is None else Path(log_dir)
         self.update_freq = update_freq
         self._writer: Any = None

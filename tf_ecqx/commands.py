@@ -22,7 +22,7 @@ from tf_ecqx.intake import quantize_model
 from tf_ecqx.model_files import load_model_file
 from tf_ecqx.models import compile_for_classification
 from tf_ecqx.plots import plot_code_histogram, plot_layer_stats, plot_relevance
-from tf_ecqx.quantization.settings import DEFAULT_LAMBDA, ECQxSettings
+from tf_ecqx.quantization.settings import DEFAULT_LAMBDA, ECQxSettings, check_count
 from tf_ecqx.relevance.sources import relevance_source
 from tf_ecqx.report import LayerStats, format_layer_table, layer_stats
 
@@ -51,8 +51,7 @@ class QuantizeSettings:
         ECQxSettings(self.bits, self.lambda_, ecqx=self.relevance is not None, p=self.p)  # checked before any work
         if self.relevance is not None:
             relevance_source(self.relevance)
-        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
-            raise ValueError(f"epochs={self.epochs!r} must be an integer >= 1.")
+        check_count("epochs", self.epochs)
         kb = self.micro_ram_kb
         if kb is not None and (isinstance(kb, bool) or not isinstance(kb, (int, float)) or not 0 < kb < math.inf):
             raise ValueError(f"micro RAM budget {kb!r} KB must be a positive number of kilobytes (--micro-ram 64).")

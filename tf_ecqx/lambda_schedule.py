@@ -15,14 +15,7 @@ from collections.abc import Callable
 from tf_ecqx._keras import keras
 from tf_ecqx.distillation import quantized_student
 from tf_ecqx.quantization.kernels import QuantizedKernel, quantized_kernels
-from tf_ecqx.quantization.settings import check_lambda
-
-
-def _check_steps(name: str, value: int) -> int:
-    """value if it is an integer >= 0 (a number of training steps)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name}={value!r} must be an integer >= 0 (a number of training steps).")
-    return value
+from tf_ecqx.quantization.settings import STEPS, check_count, check_lambda
 
 
 class LambdaSchedule(keras.callbacks.Callback):
@@ -42,8 +35,8 @@ class LambdaSchedule(keras.callbacks.Callback):
         schedule: Callable[[int], float] | None = None,
     ):
         super().__init__()
-        self.ramp_steps = _check_steps("ramp_steps", ramp_steps)
-        self.warmup_steps = _check_steps("warmup_steps", warmup_steps)
+        self.ramp_steps = check_count("ramp_steps", ramp_steps, minimum=0, meaning=STEPS)
+        self.warmup_steps = check_count("warmup_steps", warmup_steps, minimum=0, meaning=STEPS)
         if schedule is not None and not callable(schedule):
             raise ValueError(f"schedule={schedule!r} must be a callable step -> lambda (or None for a ramp).")
         if (schedule is None) == (ramp_steps + warmup_steps == 0):

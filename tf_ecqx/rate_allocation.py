@@ -24,6 +24,7 @@ from tf_ecqx.datasets import labelled_batches
 from tf_ecqx.ecq.assign import layer_lambda
 from tf_ecqx.quantization.kernels import QuantizedKernel, frozen_kernels, layer_size_factors, quantized_kernels
 from tf_ecqx.quantization.quantizers import FROZEN_VALUES
+from tf_ecqx.quantization.settings import check_count
 
 # The largest size factor a kernel gets: the heuristic's, for the largest layer.
 MAX_FACTOR = 1.0
@@ -38,12 +39,6 @@ class LayerRate:
     sensitivity: float  # F_l: mean squared loss gradient per weight, over the batches seen
     size_factor: float  # d_l now used by the assignment
     heuristic_factor: float  # d_l of the layer-size heuristic it replaced
-
-
-def _check_count(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}={value!r} must be an integer >= 1.")
-    return value
 
 
 @contextlib.contextmanager
@@ -103,8 +98,8 @@ def allocate_rates(qmodel: keras.Model, data: Any, batches: int = 32, batch_size
     no lambda_max (all its weights on zero) keeps its heuristic factor. Call after quantize_model and compile, before
     fit; the factors are saved with the model.
     """
-    _check_count("batches", batches)
-    _check_count("batch_size", batch_size)
+    check_count("batches", batches)
+    check_count("batch_size", batch_size)
     kernels = list(quantized_kernels(qmodel))
     if not kernels:
         raise ValueError("allocate_rates: qmodel has no ECQ kernel; pass the model returned by tf_ecqx.quantize_model.")

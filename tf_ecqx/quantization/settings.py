@@ -21,6 +21,7 @@ DEFAULT_LAMBDA = 0.2
 # Above 1 almost every weight is zero already; the cap keeps the layer lambda far from float32 overflow.
 MAX_LAMBDA = 100.0
 GRADIENT_RULES = ("reference", "ste")
+STEPS = "a number of training steps"  # what check_count says a step count is
 
 
 def _is_number(value: object) -> bool:
@@ -60,6 +61,14 @@ def check_p(p: float) -> float:
 def check_q(q: float) -> float:
     """q as float if it is a number in [0, 1] (the sparsity ECQx may add relative to ECQ)."""
     return check_share("q", q, "the sparsity LRP may add relative to ECQ (0 = the reference's interval)")
+
+
+def check_count(name: str, value: int, minimum: int = 1, meaning: str = "") -> int:
+    """value if it is an integer >= minimum (bools refused); else a ValueError that names the option."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        what = f" ({meaning})" if meaning else ""
+        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}{what}.")
+    return int(value)
 
 
 def check_flag(name: str, value: object) -> bool:

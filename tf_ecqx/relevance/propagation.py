@@ -107,8 +107,8 @@ class Relevances(NamedTuple):
     input values. Per sample: it does not depend on the other samples in the batch.
     weights: layer name -> relevance of each kernel weight, shaped like the kernel: the ε rule (the composite's
     weight_epsilon) applied to the relevance arriving at the layer's output, summed over positions and samples and
-    divided by the batch size, i.e. the batch mean (the ECQx reference's scaling, what ECQx training uses). QAT models
-    use the inner layer names.
+    divided by the batch size, i.e. the batch mean (the ECQx reference's scaling, what ECQx training uses); zero for a
+    kernel no relevance reaches (a gate's). QAT models use the inner layer names.
     """
 
     input: np.ndarray

@@ -5,7 +5,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 # `make test` runs the suite in this many processes (pytest-xdist); 2 suits a 2-core machine.
 TEST_WORKERS ?= 2
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup demo test test-fast test-heavy lint bench clean
 
 setup:
 	@bash tools/setup.sh
@@ -18,6 +18,9 @@ test: setup
 
 test-fast: setup
 	$(PY) -m pytest -q -m fast
+
+test-heavy: setup
+	$(PY) -m pytest -q -m heavy
 
 lint: setup
 	$(VENV)/bin/ruff check tf_ecqx tests tools

@@ -6,11 +6,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import small_cnn
+from tensorflow_model_optimization.python.core.quantization.keras.quantize_wrapper import QuantizeWrapper
 
 import tf_ecqx
 from tf_ecqx._keras import keras
+from tf_ecqx.layers import TF_OP_LAYERS
 from tf_ecqx.models import compile_for_classification
 from tf_ecqx.quantization.kernels import quantized_kernels
+from tf_ecqx.quantization.transforms import quantize_tf_op_outputs
 from tf_ecqx.report import model_totals
 
 
@@ -208,6 +211,33 @@ def test_kernel_followed_by_a_relu_layer_is_still_quantized():
     qmodel = tf_ecqx.quantize_model(keras.Model(inputs, outputs), bits=5)
     assert {s.name: s.bits for s in tf_ecqx.layer_stats(qmodel)} == {"conv": 5, "depthwise": 5, "dense": 3}
     assert all(k.wrapper.quantize_config.activation_attrs == [] for k in quantized_kernels(qmodel))
+
+
+def hard_swish_net() -> keras.Model:
+    """MobileNetV3's hard swish x * relu6(x + 3) * (1/6), written with TF ops as keras.applications does, then a
+    reshape (a TF op that keeps its input's scale)."""
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    x = keras.layers.Multiply()([x, keras.layers.ReLU(6.0)(x + 3.0) * (1.0 / 6.0)])
+    return keras.Model(inputs, keras.layers.Dense(10, name="logits")(tf.reshape(x, (-1, 144))))
+
+
+def test_tf_op_layers_with_a_range_of_their_own_get_an_8_bit_output_quantizer_after_them(rng):
+    model = hard_swish_net()
+    add, multiply, reshape = (layer.name for layer in model.layers if isinstance(layer, TF_OP_LAYERS))
+
+    def markers(qmodel: keras.Model) -> dict[str, list]:
+        return {
+            layer.layer.name.removesuffix("_output"): layer.quantize_config.get_output_quantizers(layer.layer)
+            for layer in qmodel.layers
+            if isinstance(layer, QuantizeWrapper) and layer.layer.name.endswith("_output")
+        }
+
+    found = markers(tf_ecqx.quantize_model(model, bits=4))
+    assert set(found) == {add, multiply} and all(quantizers for quantizers in found.values())
+    assert set(markers(tf_ecqx.quantize_model(model, bits=4, exclude=[add]))) == {multiply}
+    x = rng.normal(size=(4, 8, 8, 1)).astype(np.float32)
+    np.testing.assert_array_equal(quantize_tf_op_outputs(model)(x), model(x))  # the float computation is kept
 
 
 def test_ecqx_slack_reaches_the_quantizer_assignment(rng):

@@ -4,7 +4,8 @@ KERNEL_ATTRS: the layer kinds whose kernels ECQx quantizes, with the attributes 
 subclass may compute something else, Conv2DTranspose is a Conv2D). `kernel_name`: what a kernel is called in reports and
 the bitstream. PER_CHANNEL_KINDS: the kinds whose kernels are exported per channel. TF_OP_LAYERS: the layers left
 unwrapped. INPUT_PREPROCESSING: the layers split_input_preprocessing moves onto the data. `layer_class`: the class a
-layer counts as. `wrapper_weights`: tfmot's private per-wrapper state, read nowhere else.
+layer counts as. `wrapper_weights`: tfmot's private per-wrapper state, read nowhere else. `call_arguments`: a layer
+call replayed on other inputs.
 """
 
 from __future__ import annotations
@@ -69,3 +70,12 @@ def wrapper_weights(wrapper: QuantizeWrapper) -> list[tuple[tf.Variable, Any, di
     tfmot keeps these in the private `_weight_vars` (its own tools read it too); this is the only place tf_ecqx does.
     """
     return list(wrapper._weight_vars)
+
+
+def call_arguments(arguments: tuple[tuple, dict], computed: dict[str, Any]) -> tuple[tuple, dict]:
+    """A layer call's (args, kwargs) with each Keras tensor replaced by computed[its id]; the constants stay.
+
+    Keras nodes name their inputs by str(id(tensor)) (node.flat_input_ids). A TF-op layer's constants (MobileNetV3's
+    `x + 3.0`) live only in its call, so replaying the layer needs the call's own arguments.
+    """
+    return tf.nest.map_structure(lambda value: computed.get(str(id(value)), value), arguments)

@@ -20,6 +20,7 @@ from tf_ecqx.quantization.model_checks import ExcludeSpec, check_model, check_su
 from tf_ecqx.quantization.quantizers import ECQxWeightQuantizer
 from tf_ecqx.quantization.scheme import ActivationQuantizeConfig, ECQxQuantizeRegistry, ECQxQuantizeScheme
 from tf_ecqx.quantization.settings import ECQxSettings
+from tf_ecqx.quantization.transforms import quantize_tf_op_outputs
 
 CUSTOM_OBJECTS = {
     "ECQxWeightQuantizer": ECQxWeightQuantizer,
@@ -67,8 +68,9 @@ def quantize_apply(model: keras.Model, scheme: ECQxQuantizeScheme | None = None)
 
 def quantize_layers(model: keras.Model, settings: ECQxSettings, exclude: ExcludeSpec = ()) -> keras.Model:
     """A QAT clone of a built tf_keras model: every layer but those `exclude` names (or whose class it names)
-    annotated (but TensorFlow-op layers, layers.TF_OP_LAYERS), then quantize_apply. Layers the user annotated keep
-    their configs; a layer nothing can quantize is refused with the fix named.
+    annotated (but TensorFlow-op layers, layers.TF_OP_LAYERS, which get an 8-bit output quantizer after them where
+    their int8 kernel has a range of its own), then quantize_apply. Layers the user annotated keep their configs; a
+    layer nothing can quantize is refused with the fix named.
     """
     check_model(model)
     excluded = excluded_layer_names(model, exclude)
@@ -85,5 +87,5 @@ def quantize_layers(model: keras.Model, settings: ECQxSettings, exclude: Exclude
         return QuantizeAnnotate(layer)
 
     with quantize_scope():
-        annotated = keras.models.clone_model(model, clone_function=annotate)
+        annotated = quantize_tf_op_outputs(keras.models.clone_model(model, clone_function=annotate), excluded)
     return quantize_apply(annotated, ECQxQuantizeScheme(settings))

@@ -34,7 +34,7 @@ import tensorflow as tf
 from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import QuantizeLayer
 
 from tf_ecqx._keras import keras
-from tf_ecqx.layers import TF_OP_LAYERS, layer_class
+from tf_ecqx.layers import TF_OP_LAYERS, call_arguments, layer_class
 from tf_ecqx.relevance.composites import Composite, get_composite
 from tf_ecqx.relevance.graph import Graph, Step, trace
 from tf_ecqx.relevance.linear import LINEAR_KINDS, activation, check_linear, fold_batch_norm, kind, linear
@@ -174,8 +174,7 @@ def _call(step: Step, xs: list[tf.Tensor]) -> tf.Tensor:
     if cls is layers.Activation:
         return activation(layer)(xs[0])
     if cls in TF_OP_LAYERS:  # the op's constants live in the call: replay it with these inputs
-        computed = dict(zip(step.inputs, xs, strict=True))
-        args, kwargs = tf.nest.map_structure(lambda v: computed.get(str(id(v)), v), step.call_arguments)
+        args, kwargs = call_arguments(step.call_arguments, dict(zip(step.inputs, xs, strict=True)))
         return layer(*args, **kwargs)
     return layer(xs if cls in MERGE_LAYERS else xs[0], training=False)
 

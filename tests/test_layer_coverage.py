@@ -197,6 +197,29 @@ def test_ecqx_on_a_layer_lrp_cannot_explain_is_a_clear_error(fashion_small):
         )
 
 
+def test_an_embedding_opted_in_trains_and_is_stored_in_the_bitstream_but_not_exported_to_tflite(
+    fashion_small, tmp_path
+):
+    """An Embedding table gets ECQ when the user annotates it; the TFLite export, which cannot check its codes in the
+    file, refuses it with the fixes named and writes nothing."""
+    train, _ = fashion_small
+    tokens = np.round(train.x[:512, ::2, ::2, 0] * 15).reshape(512, -1)  # each image as 196 tokens of 16 gray levels
+    inputs = keras.Input(tokens.shape[1:])
+    config = tf_ecqx.ECQxQuantizeConfig(["embeddings"], [])
+    x = tf_ecqx.quantize_annotate_layer(layers.Embedding(16, 8, name="pixels"), config)(inputs)
+    model = keras.Model(inputs, layers.Dense(10, name="logits")(layers.Flatten()(x)))
+    qmodel = compile_for_classification(tf_ecqx.quantize_model(model, bits=4))
+    qmodel.fit(tokens, train.y[:512], batch_size=64, epochs=1, verbose=0)
+    assert {s.name: s.distinct_codes <= 16 for s in tf_ecqx.layer_stats(qmodel)} == {"pixels": True, "logits": True}
+    with pytest.raises(tf_ecqx.export.ExportError, match=r"'pixels' \(Embedding\).*exclude=\['pixels'\].*export.save"):
+        tf_ecqx.export.to_tflite(qmodel, tmp_path / "model.tflite", tokens[:64])
+    assert not (tmp_path / "model.tflite").exists()
+    tf_ecqx.export.save(qmodel, tmp_path / "kernels.ecqx")
+    decoded = tf_ecqx.export.decode((tmp_path / "kernels.ecqx").read_bytes())
+    for layer, kernel in zip(decoded, tf_ecqx.quantized_kernels(qmodel), strict=True):
+        np.testing.assert_array_equal(layer.codes, kernel.codes().numpy())
+
+
 def test_a_converter_refusal_is_a_clear_error_and_writes_nothing(fashion_small, tmp_path):
     # tfmot's own scheme for AveragePooling2D: an output range trained apart from its input's, which int8
     # AVERAGE_POOL_2D cannot have (tf_ecqx's scheme keeps the input's; before it did, DenseNet121 failed like this)

@@ -36,7 +36,12 @@ def tflite_layout(codes: np.ndarray, kernel: QuantizedKernel) -> np.ndarray:
     convolution's filter is the 2-D filter of height 1 the converter makes of it."""
     kind = type(kernel.wrapper.layer)
     if kind not in KERNEL_ATTRS:
-        raise ExportError(f"Layer {kernel.layer_name!r} ({kind.__name__}): tf_ecqx does not know its TFLite layout.")
+        raise ExportError(
+            f"Layer {kernel.layer_name!r} ({kind.__name__}): tf_ecqx does not know its TFLite layout, so it cannot "
+            "check that the file holds its codes. Nothing was written. Quantize it without this layer "
+            f"(exclude=[{kernel.layer_name!r}]) to export a TFLite file, or store its codes with "
+            "tf_ecqx.export.save (the bitstream takes any kernel)."
+        )
     if codes.ndim == 2:  # Dense (in, out)
         return codes.T
     spatial = codes.shape[:-2]

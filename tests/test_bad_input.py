@@ -120,7 +120,10 @@ CASES = {
     ),
     "already quantized": Case(lambda c: tf_ecqx.quantize_model(c.trained), ValueError, "already quantized"),
     "unsupported layer": Case(
-        lambda c: tf_ecqx.quantize_model(lstm_model()), ValueError, r"'my_lstm' \(LSTM\).*exclude=\['my_lstm'\]"
+        lambda c: tf_ecqx.quantize_model(lstm_model()),
+        ValueError,
+        r"'my_lstm' \(LSTM\).*exclude=\['my_lstm'\].*opt in.*"
+        r"ECQxQuantizeConfig\(\['cell.kernel', 'cell.recurrent_kernel'\]",
     ),
     "NaN weights": Case(lambda c: tf_ecqx.quantize_model(non_finite_model(np.nan)), ValueError, "NaN or inf"),
     "inf weights": Case(lambda c: tf_ecqx.quantize_model(non_finite_model(np.inf)), ValueError, "NaN or inf"),

@@ -17,6 +17,7 @@ from tensorflow_model_optimization.python.core.quantization.keras.default_8bit.d
 import tf_ecqx
 from tf_ecqx._keras import keras
 from tf_ecqx.models import compile_for_classification
+from tf_ecqx.quantization.model_checks import OPT_IN_WEIGHTS
 
 layers = keras.layers
 
@@ -217,6 +218,38 @@ def test_an_embedding_opted_in_trains_and_is_stored_in_the_bitstream_but_not_exp
     tf_ecqx.export.save(qmodel, tmp_path / "kernels.ecqx")
     decoded = tf_ecqx.export.decode((tmp_path / "kernels.ecqx").read_bytes())
     for layer, kernel in zip(decoded, tf_ecqx.quantized_kernels(qmodel), strict=True):
+        np.testing.assert_array_equal(layer.codes, kernel.codes().numpy())
+
+
+@pytest.mark.parametrize("kind", [layers.LSTM, layers.GRU, layers.SimpleRNN], ids=lambda kind: kind.__name__)
+def test_a_recurrent_layer_opted_in_trains_saves_and_is_stored_in_the_bitstream_but_not_exported_to_tflite(
+    kind, fashion_small, tmp_path
+):
+    """A recurrent layer's kernels live in its cell: the annotation names them by dotted paths (the refusal of the
+    unannotated layer says which). The int8 converter cannot lower the layer's loop, and says so as an ExportError."""
+    train, _ = fashion_small
+    rows = train.x[:512, :, :, 0]  # each image as 28 steps of 28 pixels
+    inputs = keras.Input(rows.shape[1:])
+    config = tf_ecqx.ECQxQuantizeConfig(OPT_IN_WEIGHTS[kind], [])
+    x = tf_ecqx.quantize_annotate_layer(kind(16, name="rnn"), config)(inputs)
+    qmodel = compile_for_classification(tf_ecqx.quantize_model(keras.Model(inputs, layers.Dense(10)(x)), bits=4))
+    qmodel.fit(rows, train.y[:512], batch_size=64, epochs=1, verbose=0)
+    stats = {s.name: s for s in tf_ecqx.layer_stats(qmodel)}
+    assert {"rnn/cell.kernel", "rnn/cell.recurrent_kernel"} <= set(stats)
+    assert all(s.distinct_codes <= 16 and s.sparsity > 0 for s in stats.values())
+    qmodel.save(tmp_path / "qat.keras")
+    with tf_ecqx.quantize_scope():
+        loaded = keras.models.load_model(tmp_path / "qat.keras")
+    kernels = list(tf_ecqx.quantized_kernels(qmodel))
+    for kernel, reloaded in zip(kernels, tf_ecqx.quantized_kernels(loaded), strict=True):
+        np.testing.assert_array_equal(kernel.codes().numpy(), reloaded.codes().numpy())
+    np.testing.assert_allclose(loaded.predict(rows[:64], verbose=0), qmodel.predict(rows[:64], verbose=0), atol=1e-5)
+    with pytest.raises(tf_ecqx.export.ExportError, match="could not convert qmodel"):
+        tf_ecqx.export.to_tflite(qmodel, tmp_path / "model.tflite", rows[:64])
+    assert not (tmp_path / "model.tflite").exists()
+    tf_ecqx.export.save(qmodel, tmp_path / "kernels.ecqx")
+    decoded = tf_ecqx.export.decode((tmp_path / "kernels.ecqx").read_bytes())
+    for layer, kernel in zip(decoded, kernels, strict=True):
         np.testing.assert_array_equal(layer.codes, kernel.codes().numpy())
 
 

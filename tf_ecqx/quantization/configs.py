@@ -19,7 +19,8 @@ class ECQxQuantizeConfig(Default8BitQuantizeConfig):
     """ECQx on `weight_attrs`, tfmot's 8-bit activation quantization on `activation_attrs` (and the output if asked).
 
     For a custom layer: `quantize_annotate_layer(layer, ECQxQuantizeConfig(["kernel"], ["activation"],
-    settings=ECQxSettings(bits=4)))`; without settings, the defaults.
+    settings=ECQxSettings(bits=4)))`; without settings, the defaults. A weight attribute may be a dotted path to a
+    sublayer's weight: an LSTM's kernels are "cell.kernel" and "cell.recurrent_kernel".
     """
 
     def __init__(
@@ -45,9 +46,24 @@ class ECQxQuantizeConfig(Default8BitQuantizeConfig):
         """Each kernel with its own quantizer (a SeparableConv has a depthwise and a pointwise kernel)."""
         per_channel = type(layer) in PER_CHANNEL_KINDS
         return [
-            (getattr(layer, attr), ECQxWeightQuantizer(self.settings, attr == "depthwise_kernel", per_channel))
+            (_owner(layer, attr)[1], ECQxWeightQuantizer(self.settings, attr == "depthwise_kernel", per_channel))
             for attr in self.weight_attrs
         ]
+
+    def set_quantize_weights(self, layer: keras.layers.Layer, quantize_weights: list[Any]) -> None:
+        """Put the quantized weights where the layer reads them (dotted paths reach into sublayers)."""
+        if len(quantize_weights) != len(self.weight_attrs):
+            raise ValueError(
+                f"Layer {layer.name!r} has {len(self.weight_attrs)} ECQx weights ({self.weight_attrs}), "
+                f"{len(quantize_weights)} were given."
+            )
+        for attr, weight in zip(self.weight_attrs, quantize_weights, strict=True):
+            owner, current = _owner(layer, attr)
+            if current.shape != weight.shape:
+                raise ValueError(
+                    f"Layer {layer.name!r}: {attr} has shape {current.shape}, its quantized weight {weight.shape}."
+                )
+            setattr(owner, attr.rsplit(".", 1)[-1], weight)
 
     def without_activation_quantization(self) -> ECQxQuantizeConfig:
         """The same kernel quantization, with no fake quantization of the layer's activation or output."""
@@ -62,3 +78,12 @@ class ECQxQuantizeConfig(Default8BitQuantizeConfig):
         config = dict(config)
         layout = {key: config.pop(key) for key in ("weight_attrs", "activation_attrs", "quantize_output")}
         return cls(**layout, settings=ECQxSettings.from_config(config.get("settings", config)))
+
+
+def _owner(layer: keras.layers.Layer, path: str) -> tuple[Any, Any]:
+    """(the object holding the weight at the dotted `path` below `layer`, that weight)."""
+    *parents, name = path.split(".")
+    owner = layer
+    for parent in parents:
+        owner = getattr(owner, parent)
+    return owner, getattr(owner, name)

@@ -86,14 +86,24 @@ def excluded_layer_names(model: keras.Model, exclude: ExcludeSpec | None) -> set
     return names
 
 
+# The weights a user may opt in by annotation for layers tf_ecqx does not quantize by itself (the TFLite export refuses
+# them; the bitstream stores them).
+OPT_IN_WEIGHTS = {
+    keras.layers.Embedding: ["embeddings"],
+    keras.layers.LSTM: ["cell.kernel", "cell.recurrent_kernel"],
+    keras.layers.GRU: ["cell.kernel", "cell.recurrent_kernel"],
+    keras.layers.SimpleRNN: ["cell.kernel", "cell.recurrent_kernel"],
+}
+
+
 def check_supported(layer: keras.layers.Layer, supported: bool) -> None:
     """Fail on a layer no registry entry covers, saying how to exclude or annotate it."""
     if isinstance(layer, (keras.layers.InputLayer, QuantizeAnnotate)) or supported:
         return
+    weights = OPT_IN_WEIGHTS.get(type(layer), ["...kernel attrs"])
     raise ValueError(
         f"Layer {layer.name!r} ({type(layer).__name__}) cannot be quantized by tf_ecqx: it is neither a layer whose "
         f"kernel ECQx quantizes ({KERNEL_KINDS}) nor one with nothing to quantize that tf_ecqx knows. Keep it in "
-        f"float with quantize_model(..., exclude=[{layer.name!r}]), or annotate it with "
-        "quantize_annotate_layer(layer, ECQxQuantizeConfig([...kernel attrs], [...activation attrs])) and call "
-        "quantize_apply inside tf_ecqx.quantize_scope()."
+        f"float with quantize_model(..., exclude=[{layer.name!r}]), or opt in by annotating it in the model with "
+        f"quantize_annotate_layer(layer, ECQxQuantizeConfig({weights}, []))."
     )

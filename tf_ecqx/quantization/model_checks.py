@@ -100,7 +100,7 @@ def check_supported(layer: keras.layers.Layer, supported: bool) -> None:
     """Fail on a layer no registry entry covers, saying how to exclude or annotate it."""
     if isinstance(layer, (keras.layers.InputLayer, QuantizeAnnotate)) or supported:
         return
-    weights = OPT_IN_WEIGHTS.get(type(layer), ["...kernel attrs"])
+    weights = repr(OPT_IN_WEIGHTS[type(layer)]) if type(layer) in OPT_IN_WEIGHTS else "[<its weight attributes>]"
     raise ValueError(
         f"Layer {layer.name!r} ({type(layer).__name__}) cannot be quantized by tf_ecqx: it is neither a layer whose "
         f"kernel ECQx quantizes ({KERNEL_KINDS}) nor one with nothing to quantize that tf_ecqx knows. Keep it in "

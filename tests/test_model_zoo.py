@@ -31,7 +31,7 @@ ZOO = {
     "DenseNet121": (True, False),
     "Xception": (False, False),
 }
-# `make test-heavy` runs these, `make test` leaves them out (about 25 minutes together on 2 cores)
+# `make test-heavy` runs these, `make test` leaves them out for time (Xception alone took 13 minutes on 2 cores)
 HEAVY = ("ResNet50", "DenseNet121", "Xception")
 INPUT_SIZES = {"Xception": 71}  # its smallest input; the others take 32x32
 

@@ -4,7 +4,8 @@ features), a MobileNet block (BatchNorm folded into bias-free convolutions, dept
 block (Rescaling, swish, squeeze-excite Multiply, hard_sigmoid), a DenseNet block and transition (Concatenate, 1x1
 convolution -> AveragePooling2D), a Conv2DTranspose net, an Xception-style net of a separable convolution and 1-D
 depthwise/transposed convolutions, a depthwise-separable keyword-spotting net (SeparableConv1D), and a net of
-activations tfmot cannot fuse (relu6, hard_sigmoid) and parametric ones (PReLU, LeakyReLU). All train with ECQx.
+activations tfmot cannot fuse (relu6, hard_sigmoid) and parametric ones (PReLU, LeakyReLU), all trained with ECQx.
+Embedding tables and recurrent kernels, opted in by annotation, train with ECQ; their TFLite export is refused clearly.
 """
 
 import numpy as np

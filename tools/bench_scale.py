@@ -33,7 +33,6 @@ import cProfile
 import json
 import os
 import pstats
-import re
 import resource
 import subprocess
 import sys
@@ -60,7 +59,8 @@ EXPORT_IMAGES = 64  # representative and verification images per export
 FIT_IMAGES = 256  # Fashion-MNIST images the exported model is fitted on (8 steps at batch 32)
 STEPS = ("float", "ECQ", "ECQx every step", "ECQx every 10")
 CALL_OPS = ("PartitionedCall", "While", "If")  # op types whose time is that of the ops they call
-ASSIGNMENT = re.compile(r"/PartitionedCall(_\d+)?/")  # an op of the codes function (_flat_ecq(x)_codes)
+# One run of an XLA-compiled assignment (quantizers.compiled_assignment): the XLA ops inside carry no op type
+XLA_RUN = "CpuExecutable::ExecuteAsyncOnStream"
 PROFILE_LINES = 12
 TARGETS = {"quantize": 1.5, "ECQ": 1.3, "ECQx every step": 2.0, "export": 120.0}
 
@@ -144,8 +144,8 @@ def op_milliseconds(timed: Timed, x: np.ndarray, y: np.ndarray, steps: int) -> t
     """Wall ms per train step of a model step_seconds has warmed up (under the profiler), and the TensorFlow
     profiler's op time per step (summed over threads, so it may exceed the wall time) by (part, op type). Parts: the
     train step, the relevance refresh (RelevanceCallback's compiled LRP pass and the mixing of its results), in
-    either of them the ECQ/ECQx assignment (the codes function every quantized kernel calls), and other (eager ops,
-    the input pipeline)."""
+    either of them the ECQ/ECQx assignment (the XLA-compiled function every quantized kernel calls, one entry "XLA"),
+    and other (eager ops, the input pipeline)."""
     with tempfile.TemporaryDirectory() as logdir:
         tf.profiler.experimental.start(logdir)
         wall = min(step_seconds({"profiled": timed}, x, y, steps, 1)["profiled"])
@@ -161,13 +161,12 @@ def op_milliseconds(timed: Timed, x: np.ndarray, y: np.ndarray, steps: int) -> t
     calls = sorted((a, b, n.split(": ", 1)[1]) for a, b, n in events if n.startswith("EagerLocalExecute: "))
     totals: dict[tuple, float] = collections.defaultdict(float)
     for start, end, name in events:
-        if ":" not in name or "::" in name or " " in name or name.endswith(CALL_OPS):  # not an op kernel
-            continue
+        if name != XLA_RUN and (":" not in name or "::" in name or " " in name or name.endswith(CALL_OPS)):
+            continue  # not an op kernel
         call = next((c for a, b, c in reversed(calls) if a <= start < b), "")
         part = "train step" if "train_function" in call else "relevance refresh" if "<lambda>" in call else "other"
-        if ASSIGNMENT.search(name):
-            part += ", assignment"
-        totals[part, name.rsplit(":", 1)[1]] += (end - start) / 1e9 / (2 * steps)  # warm-up round + 1 round
+        key = (f"{part}, assignment", "XLA") if name == XLA_RUN else (part, name.rsplit(":", 1)[1])
+        totals[key] += (end - start) / 1e9 / (2 * steps)  # warm-up round + 1 round
     return 1e3 * wall, dict(sorted(totals.items(), key=lambda item: -item[1]))
 
 

@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
-from tf_ecqx.ecq.bits import check_bits
+from tf_ecqx.ecq.bits import MAX_BITS, check_bits
 
 INT8_NARROW_MAX = 127
 STEP_PERCENTILE = 99.9
@@ -19,11 +19,16 @@ MIN_STEP = 1e-30
 
 
 class Grid(NamedTuple):
-    """Uniform grid: levels k * step for integer k in [k_min, k_max]."""
+    """Uniform grid: levels k * step for integer k in [k_min, k_max].
+
+    slots: a static bound on the number of levels, 2^bits: the assignment computes per level slot, so its shapes are
+    static (XLA compiles it) and as small as the bit width allows.
+    """
 
     step: tf.Tensor
     k_min: tf.Tensor
     k_max: tf.Tensor
+    slots: int = 2**MAX_BITS
 
 
 def percentile(values: tf.Tensor, q: float) -> tf.Tensor:
@@ -84,4 +89,4 @@ def init_grid(w: tf.Tensor, bits: int) -> Grid:
     k_max = tf.where(unsigned, positive_levels, tf.where(neg_dominant, half - 1, half))
     k_min = tf.maximum(k_min, -INT8_NARROW_MAX)
     k_max = tf.minimum(k_max, INT8_NARROW_MAX)
-    return Grid(step=step, k_min=tf.cast(k_min, tf.int32), k_max=tf.cast(k_max, tf.int32))
+    return Grid(step=step, k_min=tf.cast(k_min, tf.int32), k_max=tf.cast(k_max, tf.int32), slots=2**bits)

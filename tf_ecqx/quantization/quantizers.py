@@ -10,7 +10,8 @@ assignment itself is recomputed from the float shadow weights at every call, ins
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, NamedTuple
 
 import tensorflow as tf
 from tensorflow_model_optimization.quantization.keras import quantizers as tfmot_quantizers
@@ -24,24 +25,27 @@ from tf_ecqx.quantization.settings import ECQxSettings
 FROZEN_VALUES = "frozen_values"
 
 
-def straight_through(w: tf.Tensor, w_q: tf.Tensor, rule: str) -> tf.Tensor:
+def straight_through(w: tf.Tensor, w_q: tf.Tensor, factor: tf.Tensor, rule: str) -> tf.Tensor:
     """Forward w_q, backward a straight-through gradient to the float shadow weights w.
 
-    reference (EC2T/TTQ): dL/dw = |c_k*| * dL/dw_q on nonzero levels and dL/dw_q on the zero level.
-        The magnitude of the centroid is used: a signed centroid would flip the gradient of negative weights.
+    reference (EC2T/TTQ): dL/dw = factor * dL/dw_q with factor = reference_gradient_factor(w_q).
     ste: dL/dw = dL/dw_q everywhere.
     """
 
     @tf.custom_gradient
     def forward(shadow: tf.Tensor) -> tuple[tf.Tensor, Any]:
         def backward(upstream: tf.Tensor) -> tf.Tensor:
-            if rule == "ste":
-                return upstream
-            return upstream * tf.where(tf.equal(w_q, 0.0), 1.0, tf.abs(w_q))
+            return upstream if rule == "ste" else upstream * factor
 
         return tf.identity(w_q), backward
 
     return forward(w)
+
+
+def reference_gradient_factor(w_q: tf.Tensor) -> tf.Tensor:
+    """|c_k*| on nonzero levels and 1 on the zero level, the reference's gradient factor. The magnitude of the
+    centroid is used: a signed centroid would flip the gradient of negative weights."""
+    return tf.where(tf.equal(w_q, 0.0), 1.0, tf.abs(w_q))
 
 
 def pin_int8_scale(w_q: tf.Tensor, step: tf.Tensor, per_channel: bool, depthwise: bool) -> tf.Tensor:
@@ -65,20 +69,57 @@ def pin_int8_scale(w_q: tf.Tensor, step: tf.Tensor, per_channel: bool, depthwise
     return tf.reshape(pinned, tf.shape(w_q))
 
 
-# The assignment of a flattened kernel (the codes do not depend on its layout), traced once for all kernels: a train
-# step calls one function per kernel instead of holding ~350 ops of its own, which made tracing take a minute for
-# models with dozens of kernels.
+# The assignment of a flattened kernel (the codes do not depend on its layout), traced once per kind for all kernels:
+# a train step calls one function per kernel instead of holding ~350 ops of its own, which made tracing take a minute
+# for models with dozens of kernels. From XLA_MIN_WEIGHTS weights on, XLA compiles it (once per kernel size, 0.5-2 s)
+# into a few fused loops over the weights: 4-15x faster than TensorFlow op by op on 0.4-2.4M weights, 2-4x on 37k
+# (tools/bench_assignment.py). Smaller kernels gain too little to pay for a compilation per size.
+XLA_MIN_WEIGHTS = 16384
 _FLAT, _FLOAT, _INT = tf.TensorSpec([None], tf.float32), tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.int32)
 
 
-@tf.function(input_signature=[_FLAT, _FLOAT, _INT, _INT, _FLOAT, _FLOAT], autograph=False)
-def _flat_ecq_codes(w, step, k_min, k_max, lambda_, size_factor) -> tf.Tensor:
-    return assign.ecq_codes(w, Grid(step, k_min, k_max), lambda_, size_factor)
+class Assigned(NamedTuple):
+    """A flattened kernel's assignment: codes, quantized values, their reference gradient factor (what a forward pass
+    needs, from the same pass over the weights) and whether every weight is finite."""
+
+    codes: tf.Tensor
+    values: tf.Tensor
+    gradient_factor: tf.Tensor
+    finite: tf.Tensor
 
 
-@tf.function(input_signature=[_FLAT, _FLOAT, _INT, _INT, _FLOAT, _FLAT, _FLOAT, _FLOAT, _FLOAT], autograph=False)
-def _flat_ecqx_codes(w, step, k_min, k_max, lambda_, relevance, p, q, size_factor) -> tf.Tensor:
-    return assign.ecqx_codes(w, Grid(step, k_min, k_max), lambda_, relevance, p, size_factor, q)
+@functools.cache
+def compiled_assignment(slots: int, ecqx: bool, xla: bool) -> Any:
+    """The assignment of a flattened kernel for grids of `slots` slots -> Assigned; compiled by XLA if `xla`.
+
+    Arguments: w, step, k_min, k_max, lambda, size_factor and, with ECQx, relevance, p, q. XLA's log rounds
+    differently from TensorFlow's, so a weight within rounding of a decision boundary may get other codes with and
+    without XLA; the quantizer decides by the kernel's size alone, so training, reports, export and the bitstream
+    always read one kernel's codes from the same function.
+    """
+    signature = [_FLAT, _FLOAT, _INT, _INT, _FLOAT, _FLOAT] + ([_FLAT, _FLOAT, _FLOAT] if ecqx else [])
+
+    @tf.function(input_signature=signature, autograph=False, jit_compile=xla)
+    def run(w, step, k_min, k_max, lambda_, size_factor, *relevance_terms) -> Assigned:
+        grid = Grid(step, k_min, k_max, slots)
+        # w * 0 is NaN exactly where w is NaN or inf, and a sum is one cheap reduction (a reduce_all of is_finite
+        # was a third of the ECQ assignment's time under XLA). The caller fails on a non-finite kernel; until then
+        # its NaNs must not reach the assignment's table lookups (out of range on TensorFlow's CPU kernels).
+        finite = tf.math.is_finite(tf.reduce_sum(w * 0.0))
+        w = tf.where(tf.math.is_finite(w), w, 0.0)
+        if ecqx:
+            relevance, p, q = relevance_terms
+            codes = assign.ecqx_codes(w, grid, lambda_, relevance, p, size_factor, q)
+        else:
+            codes = assign.ecq_codes(w, grid, lambda_, size_factor)
+        values = tf.cast(codes, tf.float32) * step
+        return Assigned(codes, values, reference_gradient_factor(values), finite)
+
+    return run
+
+
+def _shaped_like(kernel: tf.Tensor, flat: tf.Tensor) -> tf.Tensor:
+    return tf.reshape(flat, kernel.shape if kernel.shape.is_fully_defined() else tf.shape(kernel))
 
 
 class ECQxWeightQuantizer(tfmot_quantizers.Quantizer):
@@ -126,13 +167,13 @@ class ECQxWeightQuantizer(tfmot_quantizers.Quantizer):
             variables["relevance_budget"] = state("relevance_budget", 0.0)
         return variables
 
-    @staticmethod
-    def grid(weights: dict[str, tf.Variable]) -> Grid:
+    def grid(self, weights: dict[str, tf.Variable]) -> Grid:
         """The grid stored in the quantizer variables."""
         return Grid(
             step=tf.convert_to_tensor(weights["step"]),
             k_min=tf.cast(weights["k_min"], tf.int32),
             k_max=tf.cast(weights["k_max"], tf.int32),
+            slots=2**self.settings.bits,
         )
 
     def initialize(self, kernel: tf.Tensor, weights: dict[str, tf.Variable], size_factor: float) -> None:
@@ -145,15 +186,16 @@ class ECQxWeightQuantizer(tfmot_quantizers.Quantizer):
 
     def codes(self, kernel: tf.Tensor, weights: dict[str, tf.Variable]) -> tf.Tensor:
         """Integer codes k* of the kernel under the current assignment (relevance-corrected with ECQx)."""
+        return _shaped_like(kernel, self._assign(kernel, weights).codes)
+
+    def _assign(self, kernel: tf.Tensor, weights: dict[str, tf.Variable]) -> Assigned:
         settings, grid = self.settings, self.grid(weights)
-        flat = tf.reshape(tf.cast(kernel, tf.float32), [-1])
-        terms = (grid.step, grid.k_min, grid.k_max, self.lambda_variable)
-        if not settings.ecqx:
-            codes = _flat_ecq_codes(flat, *terms, weights["size_factor"])
-        else:
-            relevance = tf.reshape(weights["relevance"], [-1])
-            codes = _flat_ecqx_codes(flat, *terms, relevance, settings.p, settings.q, weights["size_factor"])
-        return tf.reshape(codes, kernel.shape if kernel.shape.is_fully_defined() else tf.shape(kernel))
+        arguments = [tf.reshape(tf.cast(kernel, tf.float32), [-1]), grid.step, grid.k_min, grid.k_max]
+        arguments += [self.lambda_variable, weights["size_factor"]]
+        if settings.ecqx:
+            arguments += [tf.reshape(weights["relevance"], [-1]), settings.p, settings.q]
+        xla = (kernel.shape.num_elements() or 0) >= XLA_MIN_WEIGHTS
+        return compiled_assignment(grid.slots, settings.ecqx, xla)(*arguments)
 
     @staticmethod
     def spend_relevance(weights: dict[str, tf.Variable]) -> tf.Operation:
@@ -170,14 +212,16 @@ class ECQxWeightQuantizer(tfmot_quantizers.Quantizer):
             return budget.assign_sub(1.0)
 
     @staticmethod
-    def check_finite(kernel: tf.Tensor, weights: dict[str, tf.Variable]) -> tf.Tensor:
-        """The kernel, after checking that training has not made it NaN or inf (the assignment would fail obscurely)."""
+    def check_finite(finite: tf.Tensor, weights: dict[str, tf.Variable]) -> tf.Operation:
+        """Fail if training has made the kernel NaN or inf (the assignment would be meaningless)."""
         layer = weights["step"].name.split("/")[0].removeprefix("quant_")  # tfmot names the wrapper quant_<layer>
-        return tf.debugging.assert_all_finite(
-            kernel,
-            f"ECQx ({layer}): the float weights became NaN or inf during training. Usual causes: NaN or inf in the "
-            "training data (check np.isfinite(x).all()) or a learning rate too high. Fix the data or lower the "
-            "learning rate, and start again from the float model or the last saved QAT model.",
+        return tf.debugging.Assert(
+            finite,
+            [
+                f"ECQx ({layer}): the float weights became NaN or inf during training. Usual causes: NaN or inf in the "
+                "training data (check np.isfinite(x).all()) or a learning rate too high. Fix the data or lower the "
+                "learning rate, and start again from the float model or the last saved QAT model."
+            ],
         )
 
     # Plain TensorFlow ops without Python control flow on tensors: AutoGraph's conversion (tfmot calls quantizers inside
@@ -188,12 +232,18 @@ class ECQxWeightQuantizer(tfmot_quantizers.Quantizer):
         if FROZEN_VALUES in weights:
             w_q = weights[FROZEN_VALUES]
         else:
-            inputs = self.check_finite(inputs, weights)
             if training and self.settings.ecqx:
                 with tf.control_dependencies([self.spend_relevance(weights)]):
                     inputs = tf.identity(inputs)
-            w_q = tf.cast(self.codes(inputs, weights), inputs.dtype) * grid.step
-            w_q = straight_through(inputs, w_q, self.settings.gradient)
+            assigned = self._assign(inputs, weights)
+            with tf.control_dependencies([self.check_finite(assigned.finite, weights)]):
+                values = tf.identity(assigned.values)
+            w_q = straight_through(
+                inputs,
+                tf.cast(_shaped_like(inputs, values), inputs.dtype),
+                tf.cast(_shaped_like(inputs, assigned.gradient_factor), inputs.dtype),
+                self.settings.gradient,
+            )
         if training:  # the pin is an identity on grid values that only the exported (inference) graph needs; its
             return w_q  # per-channel gradient was half of a ResNet50 ECQ step's op time
         return pin_int8_scale(w_q, grid.step, self.per_channel, self.depthwise)

@@ -149,3 +149,13 @@ def test_bench_scale_profile_finds_the_assignment_in_the_train_step(monkeypatch)
     wall, totals = bench_scale.op_milliseconds(timed, x, y, 2)
     assert wall > 0 and totals.get(("train step, assignment", "XLA"), 0) > 0, totals  # the compiled assignment
     assert {part for part, _ in totals} <= {"train step", "train step, assignment", "other"}, totals
+
+
+def test_bench_assignment_prints_op_by_op_and_xla_times_per_method():
+    out = run_tool("bench_assignment.py", "--bits", "4", "--sizes", "20000", "--calls", "2")
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ECQ")]
+    assert [[cell.strip() for cell in r[:3]] for r in rows] == [["ECQ", "4", "20,000"], ["ECQx", "4", "20,000"]]
+    for row in rows:
+        op_by_op, xla, ratio = (float(cell.split()[0].rstrip("×")) for cell in row[3:6])
+        assert op_by_op > 0 and xla > 0 and abs(ratio - op_by_op / xla) <= 0.05 + 0.01 * ratio, row
+        assert int(row[6]) <= 200, row  # rounding-boundary weights only (1 % of 20,000 at most)

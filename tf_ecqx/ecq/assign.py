@@ -36,13 +36,8 @@ class Assignment(NamedTuple):
 
 
 def level_codes(grid: Grid) -> tf.Tensor:
-    """The integer code of every level slot, ascending from k_min; slots past k_max are not levels (level_mask)."""
+    """The integer code of every level slot, ascending from k_min; slots past k_max are no levels (probability 0)."""
     return grid.k_min + tf.range(grid.slots)
-
-
-def level_mask(grid: Grid) -> tf.Tensor:
-    """Which slots of level_codes(grid) are levels of the grid."""
-    return level_codes(grid) <= grid.k_max
 
 
 def nearest_codes(w: tf.Tensor, grid: Grid) -> tf.Tensor:

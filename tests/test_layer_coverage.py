@@ -5,7 +5,8 @@ block (Rescaling, swish, squeeze-excite Multiply, hard_sigmoid), a DenseNet bloc
 convolution -> AveragePooling2D), a Conv2DTranspose net, an Xception-style net of a separable convolution and 1-D
 depthwise/transposed convolutions, a depthwise-separable keyword-spotting net (SeparableConv1D), and a net of
 activations tfmot cannot fuse (relu6, hard_sigmoid) and parametric ones (PReLU, LeakyReLU), all trained with ECQx.
-Embedding tables and recurrent kernels, opted in by annotation, train with ECQ; their TFLite export is refused clearly.
+3-D convolutions train with ECQx and go into the bitstream, but TFLite has no integer kernel for them; Embedding tables
+and recurrent kernels, opted in by annotation, train with ECQ. Their TFLite export is refused clearly.
 """
 
 import numpy as np
@@ -19,6 +20,7 @@ import tf_ecqx
 from tf_ecqx._keras import keras
 from tf_ecqx.models import compile_for_classification
 from tf_ecqx.quantization.model_checks import OPT_IN_WEIGHTS
+from tf_ecqx.relevance import lrp
 
 layers = keras.layers
 
@@ -187,6 +189,64 @@ def test_the_whole_pipeline_runs_on_the_model(name, fashion_small, tmp_path):
         np.testing.assert_array_equal(layer.codes, kernel.codes().numpy())
 
 
+def volumetric_net() -> keras.Model:
+    """Each image read as a volume of 4 slices of 7 rows (as video frames or CT slices are): 3-D convolutions."""
+    inputs = keras.Input((28, 28, 1))
+    x = layers.Reshape((4, 7, 28, 1))(inputs)
+    x = layers.Conv3D(8, (2, 3, 3), activation="relu", name="conv3d")(x)
+    x = layers.Conv3DTranspose(8, (1, 3, 3), activation="relu", name="up3d")(x)
+    return keras.Model(inputs, layers.Dense(10, name="logits")(layers.Flatten()(x)), name="volumetric")
+
+
+def test_3d_convolutions_train_with_ecqx_and_export_only_where_tflite_can_run_them(fashion_small, tmp_path):
+    """Conv3D and Conv3DTranspose get ECQx, are explained, saved, resumed and stored in the bitstream. TFLite has no
+    integer 3-D convolution: the export refuses them before converting and keeps the file already there; with them
+    excluded, the mobile file runs them in float, and TFLM, which has no CONV_3D at all, is refused in its words."""
+    train, test = fashion_small
+    data = (train.x, train.y)
+    keras.utils.set_random_seed(0)
+    model = compile_for_classification(volumetric_net())
+    model.fit(*data, batch_size=64, epochs=3, verbose=0)
+    float_accuracy = model.evaluate(test.x, test.y, verbose=0)[1]
+    qmodel = compile_for_classification(tf_ecqx.quantize_model(model, bits=4, lambda_=0.1, ecqx=True))
+    qmodel.fit(*data, batch_size=64, epochs=1, callbacks=[tf_ecqx.RelevanceCallback(data)], verbose=0)
+    stats = {s.name: s for s in tf_ecqx.layer_stats(qmodel)}
+    assert set(stats) == {"conv3d", "up3d", "logits"}
+    assert all(s.distinct_codes <= 16 and s.sparsity > 0 for s in stats.values())
+    assert float_accuracy > 0.4 and qmodel.evaluate(test.x, test.y, verbose=0)[1] > float_accuracy - 0.05
+    relevances = lrp(qmodel, test.x[:64], test.y[:64]).weights
+    assert all(np.abs(relevances[name]).sum() > 0 for name in ("conv3d", "up3d"))
+
+    qmodel.save(tmp_path / "qat.keras")
+    with tf_ecqx.quantize_scope():
+        loaded = compile_for_classification(keras.models.load_model(tmp_path / "qat.keras"))
+    for kernel, reloaded in zip(tf_ecqx.quantized_kernels(qmodel), tf_ecqx.quantized_kernels(loaded), strict=True):
+        np.testing.assert_array_equal(kernel.codes().numpy(), reloaded.codes().numpy())
+    loaded.fit(*data, batch_size=64, epochs=1, callbacks=[tf_ecqx.RelevanceCallback(data)], verbose=0)
+    tf_ecqx.export.save(loaded, tmp_path / "kernels.ecqx")
+    decoded = tf_ecqx.export.decode((tmp_path / "kernels.ecqx").read_bytes())
+    for layer, kernel in zip(decoded, tf_ecqx.quantized_kernels(loaded), strict=True):
+        np.testing.assert_array_equal(layer.codes, kernel.codes().numpy())
+
+    saved = tmp_path / "model.tflite"
+    saved.write_bytes(b"an earlier export")
+    for target in ("mobile", "micro"):
+        with pytest.raises(
+            tf_ecqx.export.ExportError,
+            match=r"'conv3d' \(Conv3D\): TFLite runs it in float only.*"
+            r"exclude=\['conv3d'\]",
+        ):
+            tf_ecqx.export.to_tflite(loaded, saved, train.x[:64], target=target)
+    assert saved.read_bytes() == b"an earlier export"
+    excluded = compile_for_classification(tf_ecqx.quantize_model(model, bits=4, exclude=["conv3d", "up3d"]))
+    excluded.fit(*data, batch_size=64, epochs=1, verbose=0)
+    result = tf_ecqx.export.to_tflite(excluded, saved, train.x[:200], verification_data=test.x[:300])
+    assert [c.layer for c in result.kernels] == ["logits"] and result.argmax_agreement >= 0.9
+    with pytest.raises(tf_ecqx.export.ExportError, match=r"TFLM cannot run the micro file.*CONV_3D.*target='mobile'"):
+        tf_ecqx.export.to_tflite(excluded, tmp_path / "micro.tflite", train.x[:64], target="micro")
+    assert not (tmp_path / "micro.tflite").exists()
+
+
 def test_ecqx_on_a_layer_lrp_cannot_explain_is_a_clear_error(fashion_small):
     inputs = keras.Input((28, 28, 1))
     x = layers.Conv2D(8, 3, activation="relu")(inputs)
@@ -227,7 +287,7 @@ def test_a_recurrent_layer_opted_in_trains_saves_and_is_stored_in_the_bitstream_
     kind, fashion_small, tmp_path
 ):
     """A recurrent layer's kernels live in its cell: the annotation names them by dotted paths (the refusal of the
-    unannotated layer says which). The int8 converter cannot lower the layer's loop, and says so as an ExportError."""
+    unannotated layer says which). The TFLite export refuses it before converting, as it does an Embedding."""
     train, _ = fashion_small
     rows = train.x[:512, :, :, 0]  # each image as 28 steps of 28 pixels
     inputs = keras.Input(rows.shape[1:])
@@ -245,7 +305,7 @@ def test_a_recurrent_layer_opted_in_trains_saves_and_is_stored_in_the_bitstream_
     for kernel, reloaded in zip(kernels, tf_ecqx.quantized_kernels(loaded), strict=True):
         np.testing.assert_array_equal(kernel.codes().numpy(), reloaded.codes().numpy())
     np.testing.assert_allclose(loaded.predict(rows[:64], verbose=0), qmodel.predict(rows[:64], verbose=0), atol=1e-5)
-    with pytest.raises(tf_ecqx.export.ExportError, match="could not convert qmodel"):
+    with pytest.raises(tf_ecqx.export.ExportError, match=rf"'rnn' \({kind.__name__}\).*exclude=\['rnn'\]"):
         tf_ecqx.export.to_tflite(qmodel, tmp_path / "model.tflite", rows[:64])
     assert not (tmp_path / "model.tflite").exists()
     tf_ecqx.export.save(qmodel, tmp_path / "kernels.ecqx")

@@ -252,6 +252,38 @@ def test_1d_depthwise_and_transposed_convolutions_equal_their_2d_forms_on_one_ro
         np.testing.assert_allclose(relevances.weights[name], r_w.reshape(relevances.weights[name].shape), atol=1e-6)
 
 
+def volume_model(three_d: bool) -> keras.Model:
+    """Conv -> transposed conv -> BatchNorm -> ReLU on an 8x8 image, or the same computation in 3-D on a volume of
+    depth 1."""
+    inputs = keras.Input((1, 8, 8, 1) if three_d else (8, 8, 1))
+    if three_d:
+        x = layers.Conv3D(4, (1, 3, 3), activation="relu", name="conv")(inputs)
+        x = layers.Conv3DTranspose(4, (1, 3, 3), strides=(1, 2, 2), use_bias=False, name="transposed")(x)
+    else:
+        x = layers.Conv2D(4, 3, activation="relu", name="conv")(inputs)
+        x = layers.Conv2DTranspose(4, 3, strides=2, use_bias=False, name="transposed")(x)
+    x = layers.ReLU()(layers.BatchNormalization(name="bn")(x))
+    return keras.Model(inputs, layers.Dense(10, name="logits")(layers.Flatten()(x)))
+
+
+@pytest.mark.parametrize("composite", ["epsilon", "epsilon_plus_flat", "lrp.alpha_2_beta_1"])
+@pytest.mark.parametrize("bn", ["pass", "canonize"])
+def test_3d_and_transposed_3d_convolutions_equal_their_2d_forms_on_a_volume_of_depth_one(digits, composite, bn):
+    keras.utils.set_random_seed(0)
+    three_d, two_d = with_random_statistics(volume_model(three_d=True)), volume_model(three_d=False)
+    two_d.set_weights([w.reshape(v.shape) for w, v in zip(three_d.get_weights(), two_d.get_weights(), strict=True)])
+    x, y = digits
+    images = x.reshape(-1, 8, 8, 1)
+    expected = lrp(two_d, images, y, composite=composite, bn=bn)
+    relevances = lrp(three_d, images[:, None], y, composite=composite, bn=bn)
+    # equal up to float32 rounding, which 3-D convolutions do in another order and the ε rule's division amplifies
+    np.testing.assert_allclose(relevances.input[:, 0], expected.input, atol=1e-3 * np.abs(expected.input).max())
+    assert set(relevances.weights) == {"conv", "transposed", "logits"}
+    for name, r_w in expected.weights.items():
+        actual = relevances.weights[name]
+        np.testing.assert_allclose(actual, r_w.reshape(actual.shape), atol=1e-3 * np.abs(r_w).max())
+
+
 def test_batch_norm_after_a_transposed_convolution_is_canonized_into_its_output_channels(digits):
     """Canonizing equals explaining the model with the BatchNorm folded in by hand (a transposed kernel is
     (h, w, out, in): the scale goes on its second-to-last axis)."""

@@ -2,10 +2,10 @@
 
 KERNEL_ATTRS: the layer kinds whose kernels ECQx quantizes, with the attributes that hold them (matched by exact type: a
 subclass may compute something else, Conv2DTranspose is a Conv2D). `kernel_name`: what a kernel is called in reports and
-the bitstream. PER_CHANNEL_KINDS: the kinds whose kernels are exported per channel. TF_OP_LAYERS: the layers left
-unwrapped. INPUT_PREPROCESSING: the layers split_input_preprocessing moves onto the data. `layer_class`: the class a
-layer counts as. `wrapper_weights`: tfmot's private per-wrapper state, read nowhere else. `call_arguments`: a layer
-call replayed on other inputs.
+the bitstream. FLOAT_ONLY_IN_TFLITE: the kinds an integer TFLite file cannot hold. PER_CHANNEL_KINDS: the kinds whose
+kernels are exported per channel. TF_OP_LAYERS: the layers left unwrapped. INPUT_PREPROCESSING: the layers
+split_input_preprocessing moves onto the data. `layer_class`: the class a layer counts as. `wrapper_weights`: tfmot's
+private per-wrapper state, read nowhere else. `call_arguments`: a layer call replayed on other inputs.
 """
 
 from __future__ import annotations
@@ -24,8 +24,10 @@ KERNEL_ATTRS: dict[type, tuple[str, ...]] = {
     keras.layers.Dense: ("kernel",),
     keras.layers.Conv1D: ("kernel",),
     keras.layers.Conv2D: ("kernel",),
+    keras.layers.Conv3D: ("kernel",),
     keras.layers.Conv1DTranspose: ("kernel",),
     keras.layers.Conv2DTranspose: ("kernel",),
+    keras.layers.Conv3DTranspose: ("kernel",),
     keras.layers.DepthwiseConv1D: ("depthwise_kernel",),
     keras.layers.DepthwiseConv2D: ("depthwise_kernel",),
     # tfmot's layout transform splits it into a DepthwiseConv2D and a 1x1 Conv2D (of generated names) first, which the
@@ -34,6 +36,9 @@ KERNEL_ATTRS: dict[type, tuple[str, ...]] = {
     # tfmot's layout transform makes it a SeparableConv2D between an expand and a squeeze, then splits that as above.
     keras.layers.SeparableConv1D: ("depthwise_kernel", "pointwise_kernel"),
 }
+# The kinds TFLite runs in float only (its CONV_3D and CONV_3D_TRANSPOSE have no integer kernel, TFLM has neither):
+# they train with ECQx and go into the bitstream, but an integer TFLite file cannot hold their codes.
+FLOAT_ONLY_IN_TFLITE = (keras.layers.Conv3D, keras.layers.Conv3DTranspose)
 # The kinds whose kernels the int8 export pins per output channel (quantizers.pin_int8_scale says why).
 PER_CHANNEL_KINDS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
 # The layers Keras makes of plain TensorFlow ops in a functional model (`x + 3.0`, `x[:, 0]`; MobileNetV3's hard-swish):

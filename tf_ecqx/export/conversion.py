@@ -13,7 +13,7 @@ from tensorflow.lite.python.convert_phase import ConverterError
 from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import QuantizeLayer
 
 from tf_ecqx._keras import keras
-from tf_ecqx.export.verification import ExportError
+from tf_ecqx.export.verification import ExportError, check_integer_kernels
 from tf_ecqx.quantization.kernels import frozen_kernels
 
 # model -> {fingerprint of its weights, the calibration, float_io and batch size: the dense int8 flatbuffer}
@@ -106,6 +106,7 @@ def dense_int8(
 ) -> bytes:
     """convert_int8(qmodel, calibration, sparse=False, float_io, batch_size), reused while the model's weights stay
     the same."""
+    check_integer_kernels(qmodel)
     key = (_fingerprint(qmodel, calibration, float_io), batch_size)
     cached = _DENSE.setdefault(qmodel, {})
     if key not in cached:

@@ -6,10 +6,16 @@ import ctypes
 import os
 import re
 import tempfile
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 from tflite_micro import runtime as tflm
+
+from tf_ecqx.export.verification import ExportError
+
+T = TypeVar("T")
 
 
 def _scale_and_zero_point(details: dict) -> tuple[float, int]:
@@ -65,9 +71,16 @@ def run_tflm(data: bytes, x: np.ndarray, arena_size: int | None = None) -> tuple
     """Raw and dequantized outputs in the TFLM interpreter, and the arena bytes it allocated (None if not reported).
 
     arena_size: the arena the interpreter gets (default TFLM's guess, 10x the model's bytes; a compressed model may
-    decode into more than that).
+    decode into more than that). A file TFLM cannot load (an op it does not have) is an ExportError with TFLM's words.
     """
-    interpreter = tflm.Interpreter.from_bytes(data, arena_size=arena_size)
+    interpreter, report = _with_stderr(lambda: tflm.Interpreter.from_bytes(data, arena_size=arena_size))
+    if isinstance(interpreter, RuntimeError):
+        complaint = " ".join(report.split()) or "no reason given"
+        raise ExportError(
+            f"TFLM cannot run the micro file ({interpreter}; TFLM says: {complaint}). Nothing was written. An op "
+            "TFLM does not have must be replaced in the model (the layer it comes from), or the model exported with "
+            "target='mobile'."
+        )
     details = interpreter.get_input_details(0)
     raw = []
     for sample in _quantize_input(x, details):
@@ -79,17 +92,25 @@ def run_tflm(data: bytes, x: np.ndarray, arena_size: int | None = None) -> tuple
 
 
 def _arena_bytes(interpreter: tflm.Interpreter) -> int | None:
-    """TFLM prints its arena use from C++ to stderr; read it from there."""
+    report = _with_stderr(interpreter.print_allocations)[1]
+    match = re.search(r"Arena allocation total (\d+) bytes", report)
+    return int(match.group(1)) if match else None
+
+
+def _with_stderr(action: Callable[[], T]) -> tuple[T | RuntimeError, str]:
+    """action()'s result, or the RuntimeError it raised, and what C++ code printed to stderr meanwhile: TFLM reports
+    its arena use and why it cannot load a file there, not in its results or exceptions."""
     with tempfile.TemporaryFile(mode="w+b") as capture:
         saved = os.dup(2)
         try:
             os.dup2(capture.fileno(), 2)
-            interpreter.print_allocations()
+            try:
+                result = action()
+            except RuntimeError as error:
+                result = error
             ctypes.CDLL(None).fflush(None)
         finally:
             os.dup2(saved, 2)
             os.close(saved)
         capture.seek(0)
-        report = capture.read().decode(errors="replace")
-    match = re.search(r"Arena allocation total (\d+) bytes", report)
-    return int(match.group(1)) if match else None
+        return result, capture.read().decode(errors="replace")

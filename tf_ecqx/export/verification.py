@@ -10,7 +10,7 @@ import numpy as np
 
 from tf_ecqx._keras import keras
 from tf_ecqx.export import flatbuffer
-from tf_ecqx.layers import INPUT_PREPROCESSING, KERNEL_ATTRS
+from tf_ecqx.layers import FLOAT_ONLY_IN_TFLITE, INPUT_PREPROCESSING, KERNEL_ATTRS
 from tf_ecqx.quantization.kernels import QuantizedKernel, quantized_kernels
 
 # The layers the converter folds input preprocessing through into the next filter.
@@ -35,13 +35,6 @@ def tflite_layout(codes: np.ndarray, kernel: QuantizedKernel) -> np.ndarray:
     """Keras kernel layout -> TFLite filter layout: output channels first, depthwise channels last; a 1-D
     convolution's filter is the 2-D filter of height 1 the converter makes of it."""
     kind = type(kernel.wrapper.layer)
-    if kind not in KERNEL_ATTRS:
-        raise ExportError(
-            f"Layer {kernel.layer_name!r} ({kind.__name__}): tf_ecqx does not know its TFLite layout, so it cannot "
-            "check that the file holds its codes. Nothing was written. Quantize it without this layer "
-            f"(exclude=[{kernel.layer_name!r}]) to export a TFLite file, or store its codes with "
-            "tf_ecqx.export.save (the bitstream takes any kernel)."
-        )
     if codes.ndim == 2:  # Dense (in, out)
         return codes.T
     spatial = codes.shape[:-2]
@@ -51,6 +44,24 @@ def tflite_layout(codes: np.ndarray, kernel: QuantizedKernel) -> np.ndarray:
         codes = np.swapaxes(codes, -1, -2)
     filters = np.moveaxis(codes, -1, 0)  # (out, *spatial, in)
     return filters.reshape(filters.shape[0], *(1,) * (2 - len(spatial)), *filters.shape[1:])
+
+
+def check_integer_kernels(qmodel: keras.Model) -> None:
+    """Refuse, before anything is converted, a kernel an integer TFLite file cannot hold with its codes checked."""
+    for kernel in quantized_kernels(qmodel):
+        kind, name = type(kernel.wrapper.layer), kernel.layer_name
+        if kind in FLOAT_ONLY_IN_TFLITE:
+            problem = "TFLite runs it in float only (CONV_3D, CONV_3D_TRANSPOSE: no integer kernel; TFLM has neither)"
+            fix = f"Quantized without this layer (exclude=[{name!r}]), target='mobile' runs it in float"
+        elif kind not in KERNEL_ATTRS:
+            problem = "tf_ecqx does not know its TFLite layout, so it cannot check that the file holds its codes"
+            fix = f"Quantize it without this layer (exclude=[{name!r}]), which leaves it in float to the converter"
+        else:
+            continue
+        raise ExportError(
+            f"Layer {name!r} ({kind.__name__}): {problem}. Nothing was written. {fix}, or store its codes with "
+            "tf_ecqx.export.save (the bitstream takes any kernel)."
+        )
 
 
 def channel_axis(kernel: QuantizedKernel) -> int:

@@ -24,8 +24,15 @@ from tf_ecqx.relevance.rules import Linear
 # The kernel layers LRP decomposes: those layers.KERNEL_ATTRS quantizes with one kernel (a SeparableConv is split into
 # its depthwise and pointwise convolutions before it is quantized).
 DEPTHWISE_KINDS = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
-TRANSPOSED_KINDS = (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose)
-LINEAR_KINDS = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D, *DEPTHWISE_KINDS, *TRANSPOSED_KINDS)
+TRANSPOSED_KINDS = (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose, keras.layers.Conv3DTranspose)
+LINEAR_KINDS = (
+    keras.layers.Dense,
+    keras.layers.Conv1D,
+    keras.layers.Conv2D,
+    keras.layers.Conv3D,
+    *DEPTHWISE_KINDS,
+    *TRANSPOSED_KINDS,
+)
 
 
 def kind(layer: keras.layers.Layer) -> str:
@@ -73,7 +80,7 @@ def _depthwise_conv1d(layer: keras.layers.Layer, x: tf.Tensor, kernel: tf.Tensor
 
 
 def _transposed_conv(layer: keras.layers.Layer, x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
-    """Conv1D/2DTranspose's computation; the spatial output size is static once the input's is."""
+    """Conv1D/2D/3DTranspose's computation; the spatial output size is static once the input's is."""
     spatial = layer.compute_output_shape(x.shape)[1:]
     return tf.nn.conv_transpose(
         x,

@@ -3,8 +3,9 @@ LiteRT and TFLM export -> bitstream: a keyword-spotting-style Conv1D net (images
 features), a MobileNet block (BatchNorm folded into bias-free convolutions, depthwise, ReLU6), an EfficientNet-style
 block (Rescaling, swish, squeeze-excite Multiply, hard_sigmoid), a DenseNet block and transition (Concatenate, 1x1
 convolution -> AveragePooling2D), a Conv2DTranspose net, an Xception-style net of a separable convolution and 1-D
-depthwise/transposed convolutions, a depthwise-separable keyword-spotting net (SeparableConv1D), and a net of
-activations tfmot cannot fuse (relu6, hard_sigmoid) and parametric ones (PReLU, LeakyReLU), all trained with ECQx.
+depthwise/transposed convolutions, a depthwise-separable keyword-spotting net (SeparableConv1D), a net of
+activations tfmot cannot fuse (relu6, hard_sigmoid) and parametric ones (PReLU, LeakyReLU), and a transformer's blocks
+without attention (LayerNormalization, Dense on tokens), all trained with ECQx.
 3-D convolutions train with ECQx and go into the bitstream, but TFLite has no integer kernel for them; Embedding tables
 and recurrent kernels, opted in by annotation, train with ECQ. Their TFLite export is refused clearly.
 """
@@ -126,6 +127,19 @@ def densenet_block(average_pooling: keras.layers.Layer | None = None) -> keras.M
     return keras.Model(inputs, layers.Dense(10, name="logits")(x), name="densenet_block")
 
 
+def token_mlp_net() -> keras.Model:
+    """A transformer's blocks without attention: image rows as 28 tokens, Dense on every token, pre-norm
+    LayerNormalization and residual Adds."""
+    inputs = keras.Input((28, 28, 1))
+    tokens = layers.Dense(32, name="embed")(layers.Reshape((28, 28))(inputs))
+    for block in range(2):
+        x = layers.LayerNormalization(name=f"norm_{block}")(tokens)
+        x = layers.Dense(64, activation="swish", name=f"mlp_up_{block}")(x)
+        tokens = layers.Add()([tokens, layers.Dense(32, name=f"mlp_down_{block}")(x)])
+    x = layers.GlobalAveragePooling1D()(layers.LayerNormalization(name="norm_out")(tokens))
+    return keras.Model(inputs, layers.Dense(10, name="logits")(x), name="token_mlp")
+
+
 SEPARABLE = (layers.SeparableConv1D, layers.SeparableConv2D)  # quantized as a depthwise and a 1x1 convolution
 
 
@@ -138,6 +152,7 @@ MODELS = {
     "separable and 1-D depthwise/transposed": separable_net,
     "SeparableConv1D": separable_1d_net,
     "relu6, hard_sigmoid, PReLU, LeakyReLU": activations_net,
+    "LayerNormalization token MLP": token_mlp_net,
 }
 
 

@@ -409,9 +409,9 @@ def test_qat_model_uses_quantized_kernels(digits, bn):
 
 def test_unsupported_layer_is_named():
     inputs = keras.Input((4, 4, 1))
-    x = layers.LayerNormalization(name="norm")(inputs)
+    x = layers.UnitNormalization(name="norm")(inputs)
     model = keras.Model(inputs, layers.Dense(3)(layers.Flatten()(x)))
-    with pytest.raises(ValueError, match=r"'norm' \(LayerNormalization\) is not supported by LRP"):
+    with pytest.raises(ValueError, match=r"'norm' \(UnitNormalization\) is not supported by LRP"):
         lrp(model, np.ones((1, 4, 4, 1)))
 
 

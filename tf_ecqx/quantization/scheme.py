@@ -36,7 +36,7 @@ layers = keras.layers
 #   own stopped DenseNet121's conversion), or, for the affine input preprocessing, the converter calibrates it (with a
 #   trained 8-bit output range, Rescaling -> Conv2D(swish) converted 40 % off);
 # - an 8-bit quantized output: they compute new values (a BatchNormalization that tfmot's transforms do not fold keeps
-#   float parameters).
+#   float parameters, and so does LayerNormalization, which the converter computes from int8 MEAN, RSQRT and MUL).
 NO_FAKE_QUANTIZATION = (
     layers.AveragePooling1D,
     layers.AveragePooling2D,
@@ -48,6 +48,7 @@ NO_FAKE_QUANTIZATION = (
 )
 QUANTIZED_OUTPUT = (
     layers.BatchNormalization,
+    layers.LayerNormalization,
     layers.PReLU,
     layers.AveragePooling3D,
     layers.UpSampling1D,

@@ -15,7 +15,8 @@ Layers iNNvestigate 2.1.2 has no rule for:
   relevance, and ECQx keeps ECQ's assignment for a kernel without any (ecq/assign.py), rather than pruning the gates;
 - layers Keras makes of TensorFlow ops (MobileNetV3's `x + 3`, `x * (1/6)`): computed with the call's own constants,
   and passed through when elementwise on one tensor; any other such op reached by relevance is refused by name;
-- PReLU passes relevance like the other activations.
+- PReLU passes relevance like the other activations; LayerNormalization passes it unchanged, as BatchNormalization
+  does with bn="pass" (its per-sample statistics cannot be folded into a kernel).
 Defined differently from iNNvestigate, on purpose: `keras.layers.ReLU` passes relevance unchanged like every other
 activation (iNNvestigate sends it through the ReLU gradient, which only matters where a flat/w² rule put relevance on a
 dead unit), and BatchNormalization is passed or canonized (iNNvestigate applies the layer rule to BN as its own layer,
@@ -54,6 +55,7 @@ PASS_LAYERS = (
     layers.SpatialDropout2D,
     layers.SpatialDropout3D,
     layers.BatchNormalization,
+    layers.LayerNormalization,
     layers.Rescaling,
     layers.Normalization,
     QuantizeLayer,

@@ -43,7 +43,7 @@ class QuantizedKernel(NamedTuple):
 
     def values(self) -> tf.Tensor:
         """The quantized kernel, codes * step, exactly as the forward pass computes it (float32)."""
-        return tf.cast(self.codes(), tf.float32) * self.state["step"]
+        return self.quantizer.quantized_values(self.kernel, self.state)
 
 
 def quantized_kernels(qmodel: keras.Model) -> Iterator[QuantizedKernel]:

@@ -188,6 +188,11 @@ class ECQxWeightQuantizer(tfmot_quantizers.Quantizer):
         """Integer codes k* of the kernel under the current assignment (relevance-corrected with ECQx)."""
         return _shaped_like(kernel, self._assign(kernel, weights).codes)
 
+    def quantized_values(self, kernel: tf.Tensor, weights: dict[str, tf.Variable]) -> tf.Tensor:
+        """The quantized kernel, codes * step in float32, as the train step's forward pass computes it (without the
+        export's int8 pin and the straight-through gradient: for readers such as LRP and the export)."""
+        return _shaped_like(kernel, self._assign(kernel, weights).values)
+
     def _assign(self, kernel: tf.Tensor, weights: dict[str, tf.Variable]) -> Assigned:
         settings, grid = self.settings, self.grid(weights)
         arguments = [tf.reshape(tf.cast(kernel, tf.float32), [-1]), grid.step, grid.k_min, grid.k_max]

@@ -18,6 +18,7 @@ from tensorflow_model_optimization.python.core.quantization.keras.quantize_aware
 
 from tf_ecqx._keras import keras
 from tf_ecqx.layers import KERNEL_ATTRS, layer_class, wrapper_weights
+from tf_ecqx.quantization.quantizers import ECQxWeightQuantizer
 from tf_ecqx.relevance.graph import Step
 from tf_ecqx.relevance.rules import Linear
 
@@ -49,10 +50,13 @@ def check_linear(layer: keras.layers.Layer) -> None:
 
 
 def weight(step: Step, attr: str) -> tf.Tensor:
-    """The layer weight `attr` as the forward pass uses it: through the wrapper's quantizer if it has one."""
+    """The layer weight `attr` as the forward pass uses it: through the wrapper's quantizer if it has one (an ECQx
+    kernel's quantized values, without the identity its inference call adds to pin the export's int8 scale)."""
     if step.wrapper is not None:
         for variable, quantizer, quantizer_vars in wrapper_weights(step.wrapper):  # tfmot keeps (var, quantizer, state)
             if variable.name.split("/")[-1].split(":")[0] == attr:
+                if isinstance(quantizer, ECQxWeightQuantizer):
+                    return quantizer.quantized_values(variable, quantizer_vars)
                 return quantizer(variable, False, quantizer_vars)
     return tf.convert_to_tensor(getattr(step.layer, attr))
 

@@ -151,6 +151,16 @@ CASES = {
     "relevance data of another shape": Case(
         lambda c: fit_with_relevance(c, (c.x[:64, :20], c.y[:64])), ValueError, r"shape \(20, 28, 1\).*\(28, 28, 1\)"
     ),
+    "labels of another shape": Case(
+        lambda c: fit_with_relevance(c, (c.x[:64], np.eye(4)[c.y[:64] % 4])),
+        ValueError,
+        r"label rows of width 4; the model has 10 classes",
+    ),
+    "labels per position for a model that predicts per sample": Case(
+        lambda c: fit_with_relevance(c, (c.x[:64], np.stack([np.stack([c.y[:64]] * 2, 1)] * 2, 1))),
+        ValueError,
+        r"labels of shape \(64, 2, 2\) for 64 samples.*one integer class \(or one-hot row\) per sample\.",
+    ),
     "labels out of range": Case(
         lambda c: fit_with_relevance(c, (c.x[:64], c.y[:64] + 10)), ValueError, r"labels outside \[0, 10\)"
     ),

@@ -22,6 +22,7 @@ from tf_ecqx._keras import keras
 from tf_ecqx.models import compile_for_classification
 from tf_ecqx.quantization.model_checks import OPT_IN_WEIGHTS
 from tf_ecqx.relevance import lrp
+from tf_ecqx.relevance.innvestigate_backend import InnvestigateBackend
 
 layers = keras.layers
 
@@ -260,6 +261,44 @@ def test_3d_convolutions_train_with_ecqx_and_export_only_where_tflite_can_run_th
     with pytest.raises(tf_ecqx.export.ExportError, match=r"TFLM cannot run the micro file.*CONV_3D.*target='mobile'"):
         tf_ecqx.export.to_tflite(excluded, tmp_path / "micro.tflite", train.x[:64], target="micro")
     assert not (tmp_path / "micro.tflite").exists()
+
+
+def segmentation_net() -> keras.Model:
+    """A U-Net in small: per-pixel logits from an encoder-decoder with a skip connection."""
+    inputs = keras.Input((28, 28, 1))
+    skip = layers.Conv2D(8, 3, padding="same", activation="relu", name="encode")(inputs)
+    x = layers.Conv2D(16, 3, strides=2, padding="same", activation="relu", name="down")(skip)
+    x = layers.Conv2DTranspose(8, 3, strides=2, padding="same", activation="relu", name="up")(x)
+    return keras.Model(inputs, layers.Conv2D(3, 1, name="pixel_logits")(layers.Concatenate()([skip, x])), name="unet")
+
+
+def test_a_segmentation_net_trains_with_ecqx_on_pixel_labels_and_exports(fashion_small, tmp_path):
+    """A dense prediction: the labels give a class per pixel (background, garment, bright garment, from the real
+    images), RelevanceCallback starts LRP at every pixel's label, and the files agree with Keras pixel by pixel."""
+    train, test = fashion_small
+
+    def masks(images: np.ndarray) -> np.ndarray:
+        return (images[..., 0] > 0.1).astype(np.int32) + (images[..., 0] > 0.6)
+
+    data = (train.x, masks(train.x))
+    keras.utils.set_random_seed(0)
+    model = compile_for_classification(segmentation_net())
+    model.fit(*data, batch_size=64, epochs=2, verbose=0)
+    float_accuracy = model.evaluate(test.x, masks(test.x), verbose=0)[1]
+    qmodel = compile_for_classification(tf_ecqx.quantize_model(model, bits=4, lambda_=0.1, ecqx=True))
+    qmodel.fit(*data, batch_size=64, epochs=1, callbacks=[tf_ecqx.RelevanceCallback(data)], verbose=0)
+    assert all(s.distinct_codes <= 16 and s.sparsity > 0 for s in tf_ecqx.layer_stats(qmodel))
+    # the most frequent class, background, holds 54 % of the test pixels
+    assert float_accuracy > 0.7 and qmodel.evaluate(test.x, masks(test.x), verbose=0)[1] > float_accuracy - 0.05
+    relevances = [k.state["relevance"].numpy() for k in tf_ecqx.quantized_kernels(qmodel)]
+    assert all(np.abs(r).sum() > 0 for r in relevances)
+    for target in ("mobile", "micro"):
+        result = tf_ecqx.export.to_tflite(
+            qmodel, tmp_path / f"{target}.tflite", train.x[:200], target=target, verification_data=test.x[:100]
+        )
+        assert result.argmax_agreement >= 0.95, (target, result.argmax_agreement)
+    with pytest.raises(ValueError, match=r"iNNvestigate explains one output neuron per sample.*tf_ecqx's own LRP"):
+        InnvestigateBackend().weight_relevances(model, test.x[:8])
 
 
 def test_ecqx_on_a_layer_lrp_cannot_explain_is_a_clear_error(fashion_small):

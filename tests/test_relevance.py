@@ -138,6 +138,36 @@ def test_output_modes(digits, output):
     np.testing.assert_allclose(relevances.input.sum(axis=(1, 2, 3)), start, rtol=1e-4)
 
 
+def segmentation_net(use_bias: bool = False, input_size: int | None = 8) -> keras.Model:
+    """A dense prediction: per-pixel logits of 3 classes from a small encoder-decoder with a skip connection."""
+    inputs = keras.Input((input_size, input_size, 1))
+    skip = layers.Conv2D(4, 3, padding="same", use_bias=use_bias, activation="relu")(inputs)
+    x = layers.Conv2D(8, 3, strides=2, padding="same", use_bias=use_bias, activation="relu")(skip)
+    x = layers.Conv2DTranspose(4, 3, strides=2, padding="same", use_bias=use_bias, activation="relu")(x)
+    return keras.Model(inputs, layers.Conv2D(3, 1, use_bias=use_bias)(layers.Concatenate()([skip, x])))
+
+
+def test_a_dense_prediction_conserves_every_positions_target_logit(digits):
+    """Segmentation-style output (batch, h, w, classes), a class per pixel: the reverse pass starts at every pixel's
+    target logit, so with ε → 0 and no biases each heatmap sums to the sum of its target logits."""
+    keras.utils.set_random_seed(0)
+    model = segmentation_net()
+    x, _ = digits
+    masks = (x[..., 0] > 0.25).astype(np.int32) + (x[..., 0] > 0.75)  # background, stroke, stroke core
+    relevances = lrp(model, x, masks, composite=TINY_EPSILON)
+    logits = model(x).numpy()
+    target = np.take_along_axis(logits, masks[..., None], axis=-1).sum(axis=(1, 2, 3))
+    np.testing.assert_allclose(relevances.input.sum(axis=(1, 2, 3)), target, rtol=1e-4, atol=1e-6)
+    predicted = logits.argmax(axis=-1)
+    np.testing.assert_array_equal(lrp(model, x).input, lrp(model, x, predicted).input)
+    # a fully convolutional model takes any image size; the targets follow it
+    any_size = segmentation_net(input_size=None)
+    any_size.set_weights(model.get_weights())
+    np.testing.assert_allclose(lrp(any_size, x, masks).input, lrp(model, x, masks).input, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match=r"one integer class per sample and output position, shape \(32, 8, 8\)"):
+        lrp(model, x, masks[:, :4])
+
+
 def test_default_target_is_the_predicted_class(digits):
     model = cnn()
     x = digits[0]

@@ -18,7 +18,7 @@ from tf_ecqx.quantization.settings import STEPS, check_count
 from tf_ecqx.quantization.strip import strip
 from tf_ecqx.relevance.composites import get_composite
 from tf_ecqx.relevance.innvestigate_backend import InnvestigateBackend
-from tf_ecqx.relevance.propagation import OUTPUTS, compiled_lrp
+from tf_ecqx.relevance.propagation import OUTPUTS, compiled_lrp, target_shape
 from tf_ecqx.relevance.sources import DEFAULT_RELEVANCE, INNVESTIGATE, relevance_source
 from tf_ecqx.report import layer_stats, model_totals
 
@@ -35,11 +35,17 @@ def check_momentum(momentum: float) -> float:
     return float(momentum)
 
 
-def _class_indices(y: tf.Tensor) -> tf.Tensor:
-    """Integer labels from integer or one-hot labels."""
-    if y.shape.rank == 2 and y.shape[-1] != 1:
-        return tf.argmax(y, axis=-1, output_type=tf.int32)
-    return tf.cast(tf.reshape(y, [-1]), tf.int32)
+def _class_indices(y: tf.Tensor, output_shape: tf.TensorShape) -> tf.Tensor:
+    """Integer labels, one per sample (and output position of a dense prediction), from integer labels, with or
+    without a trailing axis of 1, or one-hot labels."""
+    if y.shape.rank != output_shape.rank:
+        return tf.cast(y, tf.int32)
+    if y.shape[-1] not in (1, output_shape[-1]):
+        raise ValueError(
+            f"RelevanceCallback data has label rows of width {y.shape[-1]}; the model has {output_shape[-1]} classes: "
+            "pass integer class labels or one-hot rows of that width."
+        )
+    return tf.cast(y[..., 0], tf.int32) if y.shape[-1] == 1 else tf.argmax(y, axis=-1, output_type=tf.int32)
 
 
 class RelevanceCallback(keras.callbacks.Callback):
@@ -117,7 +123,7 @@ class RelevanceCallback(keras.callbacks.Callback):
             x, y = next(self._batches)[:2]
         except StopIteration:
             raise ValueError("RelevanceCallback data is empty: it needs at least one (x, y) batch.") from None
-        targets = _class_indices(y)
+        targets = _class_indices(y, self.qmodel.outputs[0].shape)
         self._check_batch(x, targets)
         keep = tf.constant(self.momentum if self._refreshed else 0.0)
         steps_per_execution = getattr(self.model, "_steps_per_execution", None)
@@ -138,6 +144,13 @@ class RelevanceCallback(keras.callbacks.Callback):
         if len(x.shape) != len(expected) + 1 or any(e not in (None, s) for e, s in zip(expected, x.shape[1:])):
             raise ValueError(
                 f"RelevanceCallback data has samples of shape {tuple(x.shape[1:])}; the model expects {expected}."
+            )
+        expected = target_shape(self.qmodel, x.shape[0])
+        if len(targets.shape) != len(expected) or any(e not in (None, s) for e, s in zip(expected, targets.shape)):
+            raise ValueError(
+                f"RelevanceCallback data has labels of shape {tuple(targets.shape)} for {x.shape[0]} samples; the "
+                f"model's output {tuple(self.qmodel.outputs[0].shape)} needs one integer class (or one-hot row) per "
+                "sample" + ("" if len(expected) == 1 else " and output position") + "."
             )
         classes = self.qmodel.outputs[0].shape[-1]
         if int(tf.reduce_min(targets)) < 0 or int(tf.reduce_max(targets)) >= classes:

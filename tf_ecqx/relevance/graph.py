@@ -39,16 +39,18 @@ class Graph:
 
 
 def trace(model: keras.Model) -> Graph:
-    """The steps of a single-input, single-output graph model (functional, or Sequential with a known input shape)."""
+    """The steps of a single-input, single-output graph model (functional, or Sequential with a known input shape)
+    whose output holds logits on its last axis."""
     if not getattr(model, "_is_graph_network", False):
         raise ValueError(
             f"Model {model.name!r} ({type(model).__name__}) has no layer graph: LRP needs a functional model or a "
             "Sequential model built with an input shape (keras.Input or input_shape=...)."
         )
-    if len(model.inputs) != 1 or len(model.outputs) != 1 or model.outputs[0].shape.rank != 2:
+    if len(model.inputs) != 1 or len(model.outputs) != 1 or model.outputs[0].shape.rank < 2:
         raise ValueError(
             f"Model {model.name!r} has {len(model.inputs)} inputs and outputs of shapes "
-            f"{[tuple(o.shape) for o in model.outputs]}; LRP needs one input and one output (batch, classes): logits."
+            f"{[tuple(o.shape) for o in model.outputs]}; LRP needs one input and one output of logits, "
+            "(batch, classes) or, for a dense prediction such as segmentation, (batch, *positions, classes)."
         )
     steps = []
     for depth in sorted(model._nodes_by_depth, reverse=True):  # tf_keras' own execution order

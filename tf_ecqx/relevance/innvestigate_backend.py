@@ -130,6 +130,12 @@ class InnvestigateBackend:
     ) -> Any:
         """Send one analysis to the worker; its reply: input relevance, or with layers (input relevance, {kernel
         layer name: relevance at its output})."""
+        if model.outputs[0].shape.rank != 2:
+            raise ValueError(
+                f"Model {model.name!r} outputs {tuple(model.outputs[0].shape)}: iNNvestigate explains one output "
+                "neuron per sample, not a dense prediction. Use tf_ecqx's own LRP (lrp(), or RelevanceCallback's "
+                "default relevance), which starts at every output position."
+            )
         process = self.start()._process
         request = {
             "analyzer": ALIASES.get(analyzer, analyzer),

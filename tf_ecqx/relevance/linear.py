@@ -15,6 +15,7 @@ from tensorflow_model_optimization.python.core.quantization.keras.quantize_aware
     NoOpActivation,
     QuantizeAwareActivation,
 )
+from tf_keras.src.utils import conv_utils
 
 from tf_ecqx._keras import keras
 from tf_ecqx.layers import KERNEL_ATTRS, layer_class, wrapper_weights
@@ -84,12 +85,24 @@ def _depthwise_conv1d(layer: keras.layers.Layer, x: tf.Tensor, kernel: tf.Tensor
 
 
 def _transposed_conv(layer: keras.layers.Layer, x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
-    """Conv1D/2D/3DTranspose's computation; the spatial output size is static once the input's is."""
-    spatial = layer.compute_output_shape(x.shape)[1:]
+    """Conv1D/2D/3DTranspose's computation, for inputs of any spatial size (a fully convolutional model's)."""
+    sizes = tf.shape(x)
+    output_padding = layer.output_padding or (None,) * len(layer.strides)
+    spatial = [
+        conv_utils.deconv_output_length(
+            x.shape[axis + 1] or sizes[axis + 1],
+            layer.kernel_size[axis],
+            padding=layer.padding,
+            output_padding=output_padding[axis],
+            stride=layer.strides[axis],
+            dilation=layer.dilation_rate[axis],
+        )
+        for axis in range(len(layer.strides))
+    ]
     return tf.nn.conv_transpose(
         x,
         kernel,
-        tf.stack([tf.shape(x)[0], *spatial]),
+        tf.stack([sizes[0], *spatial, layer.filters]),
         strides=layer.strides,
         padding=layer.padding.upper(),
         dilations=layer.dilation_rate,

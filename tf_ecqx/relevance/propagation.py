@@ -105,8 +105,9 @@ SUPPORTED = (
 class Relevances(NamedTuple):
     """What lrp() returns for a batch x.
 
-    input: each sample's heatmap, shaped like x: the relevance of its target output (lrp's `output`) spread over its
-    input values. Per sample: it does not depend on the other samples in the batch.
+    input: each sample's heatmap, shaped like x: the relevance of its target output (lrp's `output`; for a dense
+    prediction, of its target output at every position, summed) spread over its input values. Per sample: it does not
+    depend on the other samples in the batch.
     weights: layer name -> relevance of each kernel weight, shaped like the kernel: the ε rule (the composite's
     weight_epsilon) applied to the relevance arriving at the layer's output, summed over positions and samples and
     divided by the batch size, i.e. the batch mean (the ECQx reference's scaling, what ECQx training uses); zero for a
@@ -285,7 +286,8 @@ def _backward(
 
 
 def _output_relevance(logits: tf.Tensor, targets: tf.Tensor, output: str) -> tf.Tensor:
-    """Relevance at the output, per sample: the target class's logit / 1 / softmax (other classes 0).
+    """Relevance at the output, per sample (and output position): the target class's logit / 1 / softmax (other
+    classes 0).
 
     A target of -1 selects the predicted class.
     """
@@ -313,7 +315,9 @@ def _compile(model: keras.Model, composite: Composite, output: str) -> Any:
     plan = _plan(graph, composite)
     x_spec = tf.TensorSpec([None, *model.inputs[0].shape[1:]], model.inputs[0].dtype)
 
-    @tf.function(input_signature=[x_spec, tf.TensorSpec([None], tf.int32)])
+    targets_spec = tf.TensorSpec([None] * (model.outputs[0].shape.rank - 1), tf.int32)  # (batch, *positions)
+
+    @tf.function(input_signature=[x_spec, targets_spec])
     def run(x: tf.Tensor, targets: tf.Tensor) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
         values, ops = _forward(plan, x)
         r_out = _output_relevance(values[graph.output], targets, output)
@@ -347,13 +351,22 @@ def checked_input(model: keras.Model, x: Any) -> np.ndarray:
     return x
 
 
-def _targets(y: Any, batch: int, classes: int) -> np.ndarray:
-    if y is None:
-        return np.full(batch, -1, np.int32)
+def target_shape(model: keras.Model, batch: int) -> tuple[int | None, ...]:
+    """The shape of the targets for a batch: one class per sample, and per output position for a dense prediction
+    (None where the model's output size follows its input's)."""
+    return (batch, *model.outputs[0].shape[1:-1])
+
+
+def _targets(y: Any, shape: tuple[int | None, ...], classes: int) -> np.ndarray:
+    if y is None:  # -1: the predicted class, broadcast over the output positions
+        return np.full((shape[0],) + (1,) * (len(shape) - 1), -1, np.int32)
     targets = np.asarray(y)
-    if targets.shape != (batch,) or not np.issubdtype(targets.dtype, np.integer):
+    fits = targets.ndim == len(shape) and all(e in (None, s) for e, s in zip(shape, targets.shape, strict=True))
+    if not fits or not np.issubdtype(targets.dtype, np.integer):
+        what = "per sample" if len(shape) == 1 else "per sample and output position"
+        expected = ", ".join("any" if e is None else str(e) for e in shape)
         raise ValueError(
-            f"y must hold one integer class per sample, shape ({batch},); got {targets.dtype} {targets.shape}."
+            f"y must hold one integer class {what}, shape ({expected}); got {targets.dtype} {targets.shape}."
         )
     if targets.size and (targets.min() < 0 or targets.max() >= classes):
         raise ValueError(f"y has classes outside [0, {classes}): min {targets.min()}, max {targets.max()}.")
@@ -371,7 +384,9 @@ def lrp(
     """LRP relevances of inputs and kernel weights of `model` (plain tf_keras or tf_ecqx QAT) for the batch x.
 
     y: target class per sample (None = predicted class). output: what starts each sample's reverse pass at its target
-    class, "output" (logit), "ones" or "probability" (softmax). The model must output logits, shape (batch, classes).
+    class, "output" (logit), "ones" or "probability" (softmax). The model must output logits, shape (batch, classes),
+    or (batch, *positions, classes) for a dense prediction (segmentation), where y has a class per sample and position
+    (batch, *positions) and the reverse pass starts at every position.
     composite: a name from COMPOSITES or a Composite; bn ("pass" or "canonize") overrides its BatchNormalization
     handling. Returns per-sample input heatmaps and batch-mean weight relevances (see Relevances). Repeated calls
     reuse one compiled function per (model, composite, output) and read the current weights.
@@ -383,7 +398,7 @@ def lrp(
         raise ValueError(f"output={output!r} is not known; use one of {OUTPUTS}.")
     run = compiled_lrp(model, composite, output)  # checks the model
     x = checked_input(model, x)
-    targets = _targets(y, len(x), model.outputs[0].shape[-1])
+    targets = _targets(y, target_shape(model, len(x)), model.outputs[0].shape[-1])
     r_input, r_weights = run(x, targets)
     return Relevances(r_input.numpy(), {name: r.numpy() for name, r in r_weights.items()})
 

@@ -301,6 +301,26 @@ def test_a_segmentation_net_trains_with_ecqx_on_pixel_labels_and_exports(fashion
         InnvestigateBackend().weight_relevances(model, test.x[:8])
 
 
+def test_an_autoencoder_trains_with_ecqx_explained_by_its_outputs_and_exports(fashion_small, tmp_path):
+    """A regression with one output per pixel: RelevanceCallback takes the images as labels and explains the
+    reconstruction itself."""
+    train, test = fashion_small
+    inputs = keras.Input((28, 28, 1))
+    code = layers.Dense(32, activation="relu", name="encode")(layers.Flatten()(inputs))
+    decoded = layers.Reshape((28, 28, 1))(layers.Dense(784, activation="sigmoid", name="decode")(code))
+    keras.utils.set_random_seed(0)
+    model = keras.Model(inputs, decoded)
+    model.compile("adam", "mse")
+    model.fit(train.x, train.x, batch_size=64, epochs=3, verbose=0)
+    qmodel = tf_ecqx.quantize_model(model, bits=4, lambda_=0.1, ecqx=True)
+    qmodel.compile("adam", "mse")
+    qmodel.fit(train.x, train.x, epochs=1, callbacks=[tf_ecqx.RelevanceCallback((train.x, train.x))], verbose=0)
+    assert all(np.abs(k.state["relevance"].numpy()).sum() > 0 for k in tf_ecqx.quantized_kernels(qmodel))
+    assert qmodel.evaluate(test.x, test.x, verbose=0) < 1.2 * model.evaluate(test.x, test.x, verbose=0)
+    result = tf_ecqx.export.to_tflite(qmodel, tmp_path / "m.tflite", train.x[:200], verification_data=test.x[:100])
+    assert result.relative_error < 0.1
+
+
 def test_ecqx_on_a_layer_lrp_cannot_explain_is_a_clear_error(fashion_small):
     inputs = keras.Input((28, 28, 1))
     x = layers.Conv2D(8, 3, activation="relu")(inputs)

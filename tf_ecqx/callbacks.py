@@ -37,7 +37,10 @@ def check_momentum(momentum: float) -> float:
 
 def _class_indices(y: tf.Tensor, output_shape: tf.TensorShape) -> tf.Tensor:
     """Integer labels, one per sample (and output position of a dense prediction), from integer labels, with or
-    without a trailing axis of 1, or one-hot labels."""
+    without a trailing axis of 1, or one-hot labels. A model with one output per position (a regression such as an
+    autoencoder's, or one binary logit) is explained by that output whatever the labels hold."""
+    if output_shape[-1] == 1:
+        return tf.zeros(y.shape[: output_shape.rank - 1], tf.int32)
     if y.shape.rank != output_shape.rank:
         return tf.cast(y, tf.int32)
     if y.shape[-1] not in (1, output_shape[-1]):

@@ -232,6 +232,25 @@ def test_the_suggested_fix_for_preprocessing_exports(fashion_small, tmp_path):
     assert [check.kind for check in result.kernels] == ["exact", "exact"] and result.relative_error < 0.1
 
 
+def test_a_model_of_open_input_size_exports_for_the_size_of_the_representative_data(fashion_small, tmp_path):
+    """A fully convolutional net takes any image size; its file is made for the representative data's (it used to
+    fail in LiteRT: "CONV_2D failed to prepare"), and samples of another size are refused by name."""
+    train, test = fashion_small
+    inputs = keras.Input((None, None, 1))
+    x = L.GlobalMaxPooling2D()(L.Conv2D(16, 3, strides=2, activation="relu")(inputs))
+    qmodel = fine_tuned(keras.Model(inputs, L.Dense(10)(x)), train.x[:256], train.y[:256])
+    crops = test.x[:64, 2:26, 2:26]
+    for target in ("mobile", "micro"):
+        result = to_tflite(
+            qmodel, tmp_path / f"{target}.tflite", train.x[:64, 2:26, 2:26], target=target, verification_data=crops
+        )
+        assert result.relative_error < 0.1, target
+    assert run_litert((tmp_path / "mobile.tflite").read_bytes(), crops)[1].shape == (64, 10)
+    with pytest.raises(ValueError, match=r"verification_data has samples of shape \(28, 28, 1\).*\(24, 24, 1\)"):
+        to_tflite(qmodel, tmp_path / "other.tflite", train.x[:64, 2:26, 2:26], verification_data=test.x[:64])
+    assert not (tmp_path / "other.tflite").exists()
+
+
 def test_a_model_without_input_preprocessing_is_its_own_core():
     model = small_cnn()
     preprocess, core = tf_ecqx.split_input_preprocessing(model)

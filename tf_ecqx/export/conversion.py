@@ -61,7 +61,7 @@ def convert_int8(
     first saves every layer's traced functions, which took most of an export's time (a minute for MobileNet).
     """
     with frozen_kernels(qmodel):
-        spec = tf.TensorSpec([batch_size, *qmodel.input_shape[1:]], tf.float32)
+        spec = tf.TensorSpec([batch_size, *calibration.shape[1:]], tf.float32)  # fixes an open input size
         function = tf.function(lambda x: qmodel(x, training=False)).get_concrete_function(spec)
     holder = tf.Module()  # what the converter saves: the variables only, not the Keras layers
     holder.weights = list(qmodel.weights)

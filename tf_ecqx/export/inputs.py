@@ -53,14 +53,15 @@ def calibration_and_verification(
     verification_data: np.ndarray | tf.data.Dataset | Iterable | None,
     shape: Shape,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Checked float32 calibration samples and verification samples (default: the representative data, read once)."""
+    """Checked float32 calibration samples and verification samples (default: the representative data, read once).
+    Where the model leaves its input size open (a fully convolutional net), the file is made for the size of the
+    representative data, and every sample must have it."""
     if verification_data is None:
         representative = read_samples(representative_data, "representative_data", shape, VERIFICATION_SAMPLES)
         return representative[:CALIBRATION_SAMPLES], representative
-    return (
-        read_samples(representative_data, "representative_data", shape, CALIBRATION_SAMPLES),
-        read_samples(verification_data, "verification_data", shape, VERIFICATION_SAMPLES),
-    )
+    calibration = read_samples(representative_data, "representative_data", shape, CALIBRATION_SAMPLES)
+    verification = read_samples(verification_data, "verification_data", calibration.shape[1:], VERIFICATION_SAMPLES)
+    return calibration, verification
 
 
 def read_samples(data: np.ndarray | tf.data.Dataset | Iterable, name: str, shape: Shape, limit: int) -> np.ndarray:
@@ -69,6 +70,7 @@ def read_samples(data: np.ndarray | tf.data.Dataset | Iterable, name: str, shape
     batches, count = [], 0
     for batch in _batches(data):
         batches.append(_checked_batch(batch, name, shape)[: limit - count])
+        shape = batches[0].shape[1:]  # an open input size is fixed by the first batch
         count += len(batches[-1])
         if count >= limit:
             break

@@ -79,7 +79,8 @@ def to_tflite(
     DECODE read back gives its int8 filter and the outputs equal the dense model's bit for bit.
     Input/output are int8 unless float_io. Verification runs on `verification_data` (default: the representative
     data, read once, so a generator serves both), up to 500 samples. qmodel must have one float input and one output,
-    and the data batches of finite numbers of its input's shape; both are checked before anything is converted.
+    and the data batches of finite numbers of its input's shape; both are checked before anything is converted. A model
+    whose input size is open (None, None, 3) is exported for the size of the representative data.
     """
     if target not in TARGETS:
         raise ValueError(f"target={target!r} is not known; use one of {TARGETS}.")

@@ -9,6 +9,7 @@ from conftest import small_cnn
 import tf_ecqx
 from tf_ecqx._keras import keras
 from tf_ecqx.export import ExportError, flatbuffer, to_tflite
+from tf_ecqx.export.conversion import convert_int8
 from tf_ecqx.export.runtimes import run_litert, run_tflm
 from tf_ecqx.export.verification import agreement
 from tf_ecqx.models import compile_for_classification, demo_cnn
@@ -147,6 +148,30 @@ def test_sparse_storage_is_kept_only_where_it_is_smaller(fashion, tmp_path):
         run_litert(dense.path.read_bytes(), test.x[:100], builtin_only=True)[0],
         run_litert(sparse.path.read_bytes(), test.x[:100], builtin_only=True)[0],
     )
+
+
+def test_a_sparse_filter_litert_reads_in_place_is_stored_densely_where_its_kernel_disagrees(fashion, tmp_path):
+    """LiteRT reads a sparse FULLY_CONNECTED filter in place (no DENSIFY), and its sparse int8 kernel gave other
+    outputs than the dense one on this 8-input head in every seed tried; the sparse export failed on it. Such filters
+    are now stored densely (the convolution's, behind a DENSIFY, stay sparse) and the file computes the dense one's
+    outputs."""
+    train, test = fashion
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((28, 28, 1))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(8, 3, strides=2, activation="relu")(inputs))
+    model = compile_for_classification(keras.Model(inputs, keras.layers.Dense(10, name="head")(x)))
+    model.fit(train.x[:1024], train.y[:1024], verbose=0)
+    qmodel = compile_for_classification(tf_ecqx.quantize_model(model, bits=4, lambda_=0.3))
+    qmodel.fit(train.x[:1024], train.y[:1024], verbose=0)
+    calibration = train.x[:100]
+    sparse, dense = (flatbuffer.load(convert_int8(qmodel, calibration, sparse=s)) for s in (True, False))
+    assert [t.sparse for t in flatbuffer.weight_tensors(sparse)] == [True, True]
+    assert flatbuffer.densify_read_in_place(sparse, dense) == ["StatefulPartitionedCall:01"]
+    assert [t.sparse for t in flatbuffer.weight_tensors(sparse)] == [True, False]
+    dense_raw = run_litert(flatbuffer.dump(dense), test.x[:100], builtin_only=True)[0]
+    np.testing.assert_array_equal(run_litert(flatbuffer.dump(sparse), test.x[:100], builtin_only=True)[0], dense_raw)
+    result = to_tflite(qmodel, tmp_path / "m.tflite", calibration, verification_data=test.x[:100])  # sparse
+    np.testing.assert_array_equal(run_litert(result.path.read_bytes(), test.x[:100], builtin_only=True)[0], dense_raw)
 
 
 def test_the_mobile_file_runs_at_any_batch_size(trained_models, fashion, tmp_path):

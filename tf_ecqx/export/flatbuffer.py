@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import flatbuffers
@@ -113,9 +113,25 @@ def densify_unprofitable(sparse: schema.ModelT, dense: schema.ModelT) -> list[st
     """Store densely every sparse filter whose CSR encoding is not smaller than its dense bytes; returns their names.
 
     CSR stores a 16-bit index per nonzero int8 value, so it only pays above about two-thirds sparsity; the converter
-    sparsifies from lower sparsity on. The dense values come from the dense conversion of the same model (filters are
-    matched by operator order and shape), and the DENSIFY operator in front of such a filter is removed.
+    sparsifies from lower sparsity on.
     """
+    tensors = sparse.subgraphs[0].tensors
+    return _densify(sparse, dense, lambda index, values: _sparse_bytes(sparse, tensors[index]) >= values.nbytes)
+
+
+def densify_read_in_place(sparse: schema.ModelT, dense: schema.ModelT) -> list[str]:
+    """Store densely every sparse filter an operator reads as it is stored, without a DENSIFY in front; returns their
+    names. LiteRT's sparse int8 FULLY_CONNECTED kernel, which reads them so, gave other outputs than its dense kernel
+    (a 10x8 filter of 34 % zeros)."""
+    graph = sparse.subgraphs[0]
+    densified_inputs = {op.inputs[0] for op in graph.operators if op_name(sparse, op) == "DENSIFY"}
+    return _densify(sparse, dense, lambda index, values: index not in densified_inputs)
+
+
+def _densify(sparse: schema.ModelT, dense: schema.ModelT, wanted: Callable[[int, np.ndarray], bool]) -> list[str]:
+    """Store densely every sparse filter for which wanted(its tensor index, its dense values) holds; returns their
+    names. The dense values come from the dense conversion of the same model (filters are matched by operator order
+    and shape), and the DENSIFY operator in front of such a filter is removed."""
     graph = sparse.subgraphs[0]
     sparse_filters, dense_filters = weight_tensors(sparse), weight_tensors(dense)
     if [(f.op, f.scales.size) for f in sparse_filters] != [(f.op, f.scales.size) for f in dense_filters]:
@@ -123,7 +139,7 @@ def densify_unprofitable(sparse: schema.ModelT, dense: schema.ModelT) -> list[st
     densified = []
     for sparse_filter, dense_filter in zip(sparse_filters, dense_filters):
         tensor = graph.tensors[sparse_filter.index]
-        if not sparse_filter.sparse or _sparse_bytes(sparse, tensor) < dense_filter.values.nbytes:
+        if not sparse_filter.sparse or not wanted(sparse_filter.index, dense_filter.values):
             continue
         tensor.sparsity = None
         sparse.buffers[tensor.buffer].data = dense_filter.values.tobytes()

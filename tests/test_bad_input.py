@@ -115,6 +115,11 @@ CASES = {
     # the model
     "not a model": Case(lambda c: tf_ecqx.quantize_model(keras.layers.Dense(4)), TypeError, "got Dense"),
     "subclassed model": Case(lambda c: tf_ecqx.quantize_model(subclassed_model()), TypeError, "functional API"),
+    "subclassed model nested in a functional one": Case(
+        lambda c: tf_ecqx.quantize_model(keras.Sequential([keras.Input((4,)), subclassed_model()])),
+        ValueError,
+        r"nested model 'net' \(Net\) has no layer graph.*keras.Input",
+    ),
     "unbuilt model": Case(
         lambda c: tf_ecqx.quantize_model(keras.Sequential([keras.layers.Dense(4)])), ValueError, "model.build"
     ),

@@ -145,6 +145,33 @@ def test_exclude_keeps_layers_in_float_and_user_model_is_untouched():
     assert all(np.array_equal(a, b) for a, b in zip(weights, model.get_weights()))
 
 
+def test_a_model_nested_in_another_is_quantized_like_the_flat_model(fashion_small):
+    """Transfer learning's pattern, a backbone model under a new head: tfmot refuses nested models; tf_ecqx inlines
+    copies of their layers. The QAT model equals that of the same layers built flat; `exclude` takes the nested
+    model's name; the user's model and its layers are untouched."""
+    train, _ = fashion_small
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((28, 28, 1))
+    x = keras.layers.Conv2D(8, 3, activation="relu", name="conv")(inputs)
+    features = keras.layers.MaxPooling2D(name="pool")(keras.layers.BatchNormalization(name="bn")(x))
+    backbone = keras.Model(inputs, features, name="backbone")
+    head = [keras.layers.GlobalAveragePooling2D(name="gap"), keras.layers.Dense(10, name="logits")]
+    nested = compile_for_classification(keras.Sequential([keras.Input((28, 28, 1)), backbone, *head]))
+    nested.fit(train.x[:512], train.y[:512], verbose=0)
+    flat = keras.Model(inputs, head[1](head[0](features)))
+    weights = [w.copy() for w in nested.get_weights()]
+
+    qmodels = [tf_ecqx.quantize_model(model, bits=4, lambda_=0.1) for model in (nested, flat)]
+    assert [k.name for k in quantized_kernels(qmodels[0])] == ["conv", "logits"]
+    for a, b in zip(quantized_kernels(qmodels[0]), quantized_kernels(qmodels[1]), strict=True):
+        np.testing.assert_array_equal(a.codes().numpy(), b.codes().numpy())
+    x = train.x[:64]
+    np.testing.assert_allclose(qmodels[0](x, training=False), qmodels[1](x, training=False), rtol=1e-5, atol=1e-5)
+    assert [k.name for k in quantized_kernels(tf_ecqx.quantize_model(nested, exclude=["backbone"]))] == ["logits"]
+    assert all(np.array_equal(a, b) for a, b in zip(weights, nested.get_weights()))
+    assert [len(layer.inbound_nodes) for layer in backbone.layers] == [1, 1, 1, 1]  # inputs and the model's layers
+
+
 def three_bit_config() -> tf_ecqx.ECQxQuantizeConfig:
     return tf_ecqx.ECQxQuantizeConfig(["kernel"], ["activation"], settings=tf_ecqx.ECQxSettings(bits=3))
 

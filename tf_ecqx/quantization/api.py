@@ -17,6 +17,7 @@ from tf_ecqx.quantization.configs import ECQxQuantizeConfig
 from tf_ecqx.quantization.kernels import initialize_grids, quantized_kernels
 from tf_ecqx.quantization.loading_fixes import LOADING_OBJECTS
 from tf_ecqx.quantization.model_checks import ExcludeSpec, check_model, check_supported, excluded_layer_names
+from tf_ecqx.quantization.nested import flatten_nested
 from tf_ecqx.quantization.quantizers import ECQxWeightQuantizer
 from tf_ecqx.quantization.scheme import ActivationQuantizeConfig, ECQxQuantizeRegistry, ECQxQuantizeScheme
 from tf_ecqx.quantization.settings import ECQxSettings
@@ -67,13 +68,14 @@ def quantize_apply(model: keras.Model, scheme: ECQxQuantizeScheme | None = None)
 
 
 def quantize_layers(model: keras.Model, settings: ECQxSettings, exclude: ExcludeSpec = ()) -> keras.Model:
-    """A QAT clone of a built tf_keras model: every layer but those `exclude` names (or whose class it names)
-    annotated (but TensorFlow-op layers, layers.TF_OP_LAYERS, which get an 8-bit output quantizer after them where
-    their int8 kernel has a range of its own), then quantize_apply. Layers the user annotated keep their configs; a
-    layer nothing can quantize is refused with the fix named.
+    """A QAT clone of a built tf_keras model (models nested in it inlined; `exclude` may name them): every layer but
+    those `exclude` names (or whose class it names) annotated (but TensorFlow-op layers, layers.TF_OP_LAYERS, which
+    get an 8-bit output quantizer after them where their int8 kernel has a range of its own), then quantize_apply.
+    Layers the user annotated keep their configs; a layer nothing can quantize is refused with the fix named.
     """
     check_model(model)
-    excluded = excluded_layer_names(model, exclude)
+    model, nested = flatten_nested(model)
+    excluded = excluded_layer_names(model, exclude, nested)
     registry = ECQxQuantizeRegistry(settings)
     kept = [layer for layer in model.layers if layer.name not in excluded and not isinstance(layer, TF_OP_LAYERS)]
     for layer in kept:

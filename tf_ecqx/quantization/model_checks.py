@@ -63,8 +63,11 @@ def check_float32(model: keras.Model) -> None:
         )
 
 
-def excluded_layer_names(model: keras.Model, exclude: ExcludeSpec | None) -> set[str]:
-    """Names of the layers matched by `exclude` (layer names or layer classes); unknown names are an error."""
+def excluded_layer_names(
+    model: keras.Model, exclude: ExcludeSpec | None, groups: dict[str, list[str]] | None = None
+) -> set[str]:
+    """Names of the layers matched by `exclude` (layer names or layer classes); unknown names are an error. `groups`
+    names layers by another name (a nested model's name for the layers it held before flatten_nested)."""
     if exclude is None:
         return set()
     if isinstance(exclude, (str, type)):
@@ -74,6 +77,8 @@ def excluded_layer_names(model: keras.Model, exclude: ExcludeSpec | None) -> set
     for item in exclude:
         if isinstance(item, type):
             names |= {layer.name for layer in model.layers if isinstance(layer, item)}
+        elif isinstance(item, str) and item in (groups or {}):
+            names |= set(groups[item])
         elif isinstance(item, str):
             if item not in layer_names:
                 raise ValueError(

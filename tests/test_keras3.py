@@ -309,6 +309,29 @@ def test_quantized_keras3_model_exports_to_tflite(name, quantized, fashion_small
     assert result.argmax_agreement >= 0.9
 
 
+def test_a_keras3_backbone_under_a_new_head_is_rebuilt_nested_then_quantized_flat(fashion_small, tmp_path):
+    """Transfer learning in Keras 3: a functional backbone as a layer of a Sequential. from_keras3 rebuilds it as a
+    nested tf_keras model; quantize_model inlines it; the export and the way back to Keras 3 follow."""
+    train, _ = fashion_small
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((28, 28, 1))
+    features = L.MaxPooling2D(name="pool")(L.Conv2D(8, 3, activation="relu", name="conv")(inputs))
+    backbone = keras.Model(inputs, features, name="backbone")
+    model = keras.Sequential(
+        [keras.Input((28, 28, 1)), backbone, L.GlobalAveragePooling2D(name="gap"), L.Dense(10, name="logits")]
+    )
+    rebuilt = tf_ecqx.from_keras3(model)
+    assert isinstance(rebuilt.get_layer("backbone"), tf_keras.Model)
+    assert_same_outputs(outputs_of(model, train.x[:64]), outputs_of(rebuilt, train.x[:64]))
+    qmodel = compile_for_classification(tf_ecqx.quantize_model(model, bits=4, lambda_=0.1))
+    qmodel.fit(train.x[:TRAIN_SAMPLES], train.y[:TRAIN_SAMPLES], batch_size=64, verbose=0)
+    assert [k.name for k in quantized_kernels(qmodel)] == ["conv", "logits"]
+    assert tf_ecqx.export.to_tflite(qmodel, tmp_path / "m.tflite", train.x[:64]).argmax_agreement >= 0.9
+    back = tf_ecqx.to_keras3(qmodel)
+    conv = next(quantized_kernels(qmodel))
+    np.testing.assert_array_equal(back.get_layer("conv").get_weights()[0], conv.values().numpy())
+
+
 # ---------------------------------------------------------------------------------------------- .keras files
 
 

@@ -11,6 +11,7 @@ model into a plain Keras 3 model. Both directions run the same generic machinery
 - the graph is read from the model config's "inbound_nodes" (Keras 3 writes `{"args", "kwargs"}` with serialized
   KerasTensors, tf_keras nested `[layer, node, tensor, kwargs]` lists), then the new layers are called in the same
   order, so shared layers, several inputs and several outputs carry over;
+- a model nested in the model (a backbone under a new head) is rebuilt the same way, as one layer of the new model;
 - weights are copied layer by layer, and the new model must give the same outputs as the old one on random inputs
   (max |difference| <= 1e-5 * max(1, max |output|)), otherwise the conversion stops with an error.
 
@@ -416,7 +417,11 @@ def _convert(model: Any, source: _Framework, target: _Framework) -> Any:
     layers = {}
     for entry in config["layers"]:
         entry.setdefault("name", entry["config"]["name"])
-        layers[entry["name"]] = _target_layer(entry, operations.get(entry["name"]), source, target)
+        operation = operations.get(entry["name"])
+        if isinstance(operation, source.keras.Model):  # a nested model (a backbone under a head): rebuilt whole
+            layers[entry["name"]] = _convert(operation, source, target)
+        else:
+            layers[entry["name"]] = _target_layer(entry, operation, source, target)
     if isinstance(model, source.keras.Sequential):
         rebuilt = target.keras.Sequential(list(layers.values()), name=config["name"])
         if not isinstance(next(iter(layers.values()), None), target.keras.layers.InputLayer):

@@ -76,10 +76,14 @@ def run_tflm(data: bytes, x: np.ndarray, arena_size: int | None = None) -> tuple
     interpreter, report = _with_stderr(lambda: tflm.Interpreter.from_bytes(data, arena_size=arena_size))
     if isinstance(interpreter, RuntimeError):
         complaint = " ".join(report.split()) or "no reason given"
+        fix = (
+            "An op TFLM does not have must be replaced in the model (the layer it comes from), or the model exported "
+            "with target='mobile'."
+            if "find op" in complaint
+            else "Please report the message to tf_ecqx."
+        )
         raise ExportError(
-            f"TFLM cannot run the micro file ({interpreter}; TFLM says: {complaint}). Nothing was written. An op "
-            "TFLM does not have must be replaced in the model (the layer it comes from), or the model exported with "
-            "target='mobile'."
+            f"TFLM cannot run the micro file ({interpreter}; TFLM says: {complaint}). Nothing was written. {fix}"
         )
     details = interpreter.get_input_details(0)
     raw = []

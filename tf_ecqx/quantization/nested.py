@@ -55,7 +55,7 @@ def _replay(
             layer = node.layer
             args, kwargs = call_arguments((tuple(node.call_args), dict(node.call_kwargs)), computed)
             if isinstance(layer, keras.Model):
-                members[layer.name] = _layer_names(layer, members)
+                members[layer.name] = _layer_names(layer)
                 results = _replay(layer, tf.nest.flatten(args[0]), copies, members)
             else:
                 if id(layer) not in copies:  # a layer called several times keeps one copy: its weights stay shared
@@ -65,12 +65,12 @@ def _replay(
     return [computed[str(id(tensor))] for tensor in model.outputs]
 
 
-def _layer_names(model: keras.Model, members: dict[str, list[str]]) -> list[str]:
-    """The names of the layers a nested model holds, those of models nested in it included (their own entries)."""
+def _layer_names(model: keras.Model) -> list[str]:
+    """The names of the layers a nested model holds, those of the models nested in it included."""
     names = []
     for layer in model.layers:
         if isinstance(layer, keras.Model):
-            names += _layer_names(layer, members)
+            names += _layer_names(layer)
         elif not isinstance(layer, keras.layers.InputLayer):
             names.append(layer.name)
     return names

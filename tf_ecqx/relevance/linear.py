@@ -19,7 +19,6 @@ from tf_keras.src.utils import conv_utils
 
 from tf_ecqx._keras import keras
 from tf_ecqx.layers import KERNEL_ATTRS, layer_class, wrapper_weights
-from tf_ecqx.quantization.quantizers import ECQxWeightQuantizer
 from tf_ecqx.relevance.graph import Step
 from tf_ecqx.relevance.rules import Linear
 
@@ -56,8 +55,9 @@ def weight(step: Step, attr: str) -> tf.Tensor:
     if step.wrapper is not None:
         for variable, quantizer, quantizer_vars in wrapper_weights(step.wrapper):  # tfmot keeps (var, quantizer, state)
             if variable.name.split("/")[-1].split(":")[0] == attr:
-                if isinstance(quantizer, ECQxWeightQuantizer):
-                    return quantizer.quantized_values(variable, quantizer_vars)
+                ecqx_values = getattr(quantizer, "quantized_values", None)  # ECQx's quantizer, not imported here
+                if ecqx_values is not None:
+                    return ecqx_values(variable, quantizer_vars)
                 return quantizer(variable, False, quantizer_vars)
     return tf.convert_to_tensor(getattr(step.layer, attr))
 

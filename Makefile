@@ -14,7 +14,7 @@ demo: setup
 	$(VENV)/bin/tf-ecqx demo
 
 test: setup
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=25
 
 test-fast: setup
 	$(PY) -m pytest -q -m fast

@@ -85,17 +85,19 @@ def test_export_drift_prints_ours_beside_tfmot():
         assert 0 <= float(accuracy) <= 1 and float(error) >= 0 and float(sensitivity) >= 0 and agreement.endswith("%")
 
 
-def test_bench_levers_prints_a_row_per_lever_and_a_summary_it_can_redo_from_its_output(tmp_path):
-    out = run_tool("bench_levers.py", "--steps", "5", "--baseline", "3-epochs", "--lambdas", "0.1")
+def test_bench_levers_prints_a_row_per_lever_and_length_and_a_summary_it_can_redo_from_its_output(tmp_path):
+    out = run_tool("bench_levers.py", "--steps", "5", "10", "--baseline", "3-epochs", "--lambdas", "0.1")
     lines = out.splitlines()
-    runs = {"ECQ", "ECQ + lambda ramp", "ECQ + distillation", "ECQx q=0 (reference)", "ECQx q=0.05"}
-    runs.add("ECQ + rate allocation")
-    assert {line[:28].strip() for line in lines[3:9]} == runs, out
-    for *_, lambda_, seed, accuracy, sparsity, bitstream, whole, _seconds in (line.split() for line in lines[3:9]):
+    levers = ["ECQ", "ECQ + lambda ramp", "ECQ + distillation", "ECQx q=0 (reference)", "ECQx q=0.05"]
+    levers.append("ECQ + rate allocation")
+    runs = [f"{lever}, {steps} steps" for steps in (5, 10) for lever in levers]
+    rows = lines[3:15]
+    assert [line[:34].strip() for line in rows] == runs, out
+    for *_, lambda_, seed, accuracy, sparsity, bitstream, whole, _seconds in (line.split() for line in rows):
         assert lambda_ == "0.100" and seed == "0" and 0.1 < float(accuracy) <= 1, out
         assert 0 < float(sparsity.rstrip("%")) < 100 and 0 < int(bitstream) < int(whole), out
     summary = lines[lines.index("") + 1 :]
-    assert {line[:28].strip() for line in summary[1:]} == runs, out
+    assert "vs ECQ, 5 steps front" in summary[0] and [line[:34].strip() for line in summary[1:]] == runs, out
     (tmp_path / "out.txt").write_text(out)
     assert run_tool("bench_levers.py", "--summarize", str(tmp_path / "out.txt")).splitlines() == summary
 
@@ -110,13 +112,13 @@ def test_bench_levers_compares_fronts_at_matched_bytes_and_finds_the_smallest_fi
     def point(name, seed, accuracy, size):
         return levers.Point(name, 0.1, seed, accuracy, 0.5, size - 100, size, 1.0)
 
-    points = [point("ECQ", seed, a, b) for seed in (0, 1) for a, b in ((0.90, 10_000), (0.88, 1_000))]
+    points = [point("ECQ, 938 steps", seed, a, b) for seed in (0, 1) for a, b in ((0.90, 10_000), (0.88, 1_000))]
     points += [point("other", 0, 0.90, 1_000), point("other", 1, 0.89, 100)]  # seed 1: outside ECQ's front, no gap
     assert levers.accuracy_at(points[:2], 10**3.5) == 0.89  # halfway in log bytes
     assert levers.accuracy_at(points[:2], 100) is None
     lines = levers.summary(points, float_accuracy=0.902, seeds=[0, 1])
-    ecq, other = lines[1].split(), lines[2].split()
-    assert ecq[1:] == ["10,000", "[10,000,", "10,000]", "none"]  # 0.90 is within 0.5 pp of 0.902, 0.88 is not
+    ecq, other = lines[1].split(), lines[2].split()  # compared with the first run, whatever its name
+    assert ecq[3:] == ["10,000", "[10,000,", "10,000]", "none"]  # 0.90 is within 0.5 pp of 0.902, 0.88 is not
     assert other[1:] == ["1,000", "[1,000,", "1,000]", "+2.00", "[+2.00,", "+2.00]"]  # 0.90 vs ECQ's 0.88 at 1 kB
 
 

@@ -2,19 +2,21 @@
 the fronts compared at matched bytes.
 
     python tools/bench_levers.py [--model demo_cnn] [--baseline converged] [--bits 4] [--lambdas 0.2 ...]
-                                 [--steps 938] [--seeds 0 ...] [--runs NAME ...]
+                                 [--steps 938 ...] [--seeds 0 ...] [--runs NAME ...]
 
 Each run starts from the same cached float model: trained to convergence (tf_ecqx.models.converged_float_model, early
 stopping on 10 % of the training images) or, with `--baseline 3-epochs`, the 3-epoch one of bench_pareto.py. It
-fine-tunes `--steps` steps (938 = one epoch of the 60k training images, batch 64, Adam 1e-3) and prints the Keras
+fine-tunes `--steps` steps (938 = one epoch of the 60k training images, batch 64, Adam 1e-3; several values: each run
+at each length, named with it, lever e) and prints the Keras
 model's test accuracy (10k images), the kernels' sparsity, the bitstream bytes (tf_ecqx.export.encode) and the whole
 file (bitstream + the float32 biases/BatchNorm it omits). Levers: LambdaSchedule (a ramp over the first third of the
 steps), Distiller (T = 3, alpha = 0.1, the Keras example's), ECQx's slack q (0.05 against the reference's 0),
 allocate_rates (per-layer lambda from the loss's sensitivity, in place of the layer-size heuristic).
 
 With several lambdas, each run and seed gives a front (whole-file bytes -> accuracy); the summary prints, per run, the
-smallest whole file within 0.5 pp of the float and its accuracy difference to ECQ's front at matched bytes (linear in
-log bytes, where both fronts reach), each as the mean over seeds and the range.
+smallest whole file within 0.5 pp of the float and its accuracy difference to the first run's front (ECQ's, at the
+first length) at matched bytes (linear in log bytes, where both fronts reach), each as the mean over seeds and the
+range. The seconds column is each run's wall time, to compare lengths at equal time.
 """
 
 from __future__ import annotations
@@ -47,8 +49,9 @@ RUNS: dict[str, dict[str, float]] = {
     "ECQ + rate allocation": {"rates": 1},
 }
 WITHIN_PP = 0.5
+NAME_WIDTH = 34  # "ECQ + rate allocation, 2814 steps"
 # A row as Point.row prints it: run, lambda, seed, accuracy, sparsity %, bitstream, whole file, seconds.
-ROW = re.compile(r"^(.{28}) +(\d+\.\d+) +(\d+) +(\d\.\d+) +([\d.]+)% +(\d+) +(\d+) +(\d+)$")
+ROW = re.compile(rf"^(.{{{NAME_WIDTH}}}) +(\d+\.\d+) +(\d+) +(\d\.\d+) +([\d.]+)% +(\d+) +(\d+) +(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,7 @@ class Point:
 
     def row(self) -> str:
         return (
-            f"{self.name:<28} {self.lambda_:6.3f} {self.seed:4d} {self.accuracy:8.4f} {self.sparsity:9.1%} "
+            f"{self.name:<{NAME_WIDTH}} {self.lambda_:6.3f} {self.seed:4d} {self.accuracy:8.4f} {self.sparsity:9.1%} "
             f"{self.bitstream:10d} {self.whole_file:10d} {self.seconds:6.0f}"
         )
 
@@ -113,15 +116,16 @@ def accuracy_at(front: list[Point], size: float) -> float | None:
 
 
 def summary(points: list[Point], float_accuracy: float, seeds: list[int]) -> list[str]:
-    """Per run: smallest whole file within WITHIN_PP of the float, and the accuracy difference to ECQ's front at
-    matched bytes, as mean [min, max] over seeds."""
+    """Per run: smallest whole file within WITHIN_PP of the float, and the accuracy difference to the first run's
+    front at matched bytes, as mean [min, max] over seeds."""
 
     def spread(values: list[float], fmt: str) -> str:
         if not values:
             return "none"
         return f"{np.mean(values):{fmt}} [{min(values):{fmt}}, {max(values):{fmt}}]"
 
-    lines = [f"{'run':<28} {'smallest within 0.5 pp (B)':>30} {'vs ECQ front at matched bytes (pp)':>36}"]
+    reference = points[0].name
+    lines = [f"{'run':<{NAME_WIDTH}} {'smallest within 0.5 pp (B)':>30} {f'vs {reference} front (pp)':>36}"]
     for name in dict.fromkeys(p.name for p in points):
         smallest, differences = [], []
         for seed in seeds:
@@ -129,12 +133,12 @@ def summary(points: list[Point], float_accuracy: float, seeds: list[int]) -> lis
             within = [p.whole_file for p in front if p.accuracy >= float_accuracy - WITHIN_PP / 100]
             if within:
                 smallest.append(min(within))
-            ecq = [p for p in points if p.name == "ECQ" and p.seed == seed]
-            matched = [(p, accuracy_at(ecq, p.whole_file)) for p in front] if len(ecq) > 1 else []
+            base = [p for p in points if p.name == reference and p.seed == seed]
+            matched = [(p, accuracy_at(base, p.whole_file)) for p in front] if len(base) > 1 else []
             gaps = [100 * (p.accuracy - a) for p, a in matched if a is not None]
-            if gaps and name != "ECQ":
+            if gaps and name != reference:
                 differences.append(float(np.mean(gaps)))
-        lines.append(f"{name:<28} {spread(smallest, ',.0f'):>30} {spread(differences, '+.2f'):>36}")
+        lines.append(f"{name:<{NAME_WIDTH}} {spread(smallest, ',.0f'):>30} {spread(differences, '+.2f'):>36}")
     return lines
 
 
@@ -160,7 +164,7 @@ def main() -> None:
     parser.add_argument("--baseline", default="converged", choices=["converged", "3-epochs"])
     parser.add_argument("--bits", type=int, default=4)
     parser.add_argument("--lambdas", type=float, nargs="+", default=[0.2])
-    parser.add_argument("--steps", type=int, default=938)
+    parser.add_argument("--steps", type=int, nargs="+", default=[938])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS), help="default: all")
     parser.add_argument(
@@ -177,17 +181,22 @@ def main() -> None:
     else:
         float_model = trained_float_model(args.model, train, verbose=0)
     float_accuracy = float(np.mean(float_model.predict(test.x, verbose=0).argmax(1) == test.y))
-    print(f"{args.model} ({args.baseline} float), {args.bits} bit, {args.steps} steps")
+    print(f"{args.model} ({args.baseline} float), {args.bits} bit, {' / '.join(map(str, args.steps))} steps")
     print(
-        f"{'run':<28} {'lambda':>6} {'seed':>4} {'accuracy':>8} {'sparsity':>9} {'bitstream':>10} {'file':>10} {'s':>6}"
+        f"{'run':<{NAME_WIDTH}} {'lambda':>6} {'seed':>4} {'accuracy':>8} {'sparsity':>9} {'bitstream':>10} "
+        f"{'file':>10} {'s':>6}"
     )
-    print(f"{'float':<28} {'':6} {'':4} {float_accuracy:8.4f}")
+    print(f"{'float':<{NAME_WIDTH}} {'':6} {'':4} {float_accuracy:8.4f}")
     points = []
     for seed in args.seeds:
         for lambda_ in args.lambdas:
-            for name in args.runs:
-                points.append(run(name, float_model, train, test, args.steps, args.bits, lambda_, seed, **RUNS[name]))
-                print(points[-1].row(), flush=True)
+            for steps in args.steps:
+                for name in args.runs:
+                    lever = RUNS[name]
+                    if len(args.steps) > 1:
+                        name = f"{name}, {steps} steps"
+                    points.append(run(name, float_model, train, test, steps, args.bits, lambda_, seed, **lever))
+                    print(points[-1].row(), flush=True)
     print()
     print("\n".join(summary(points, float_accuracy, args.seeds)))
 

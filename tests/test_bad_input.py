@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from conftest import small_cnn
 
 import tf_ecqx
@@ -35,6 +36,15 @@ def lstm_model() -> keras.Model:
     inputs = keras.Input((5, 3))
     x = keras.layers.LSTM(4, name="my_lstm")(inputs)
     return keras.Model(inputs, keras.layers.Dense(2)(x))
+
+
+def lambda_model(as_tf_op: bool = False) -> keras.Model:
+    """A Conv2D net on 28x28 images made 28x28x1 by a Lambda (as keyword-spotting nets often begin) or a TF op."""
+    inputs = keras.Input((28, 28))
+    add_channel = keras.layers.Lambda(lambda images: tf.expand_dims(images, -1), name="add_channel")
+    x = tf.expand_dims(inputs, -1) if as_tf_op else add_channel(inputs)
+    x = keras.layers.Conv2D(4, 3, strides=2, activation="relu")(x)
+    return keras.Model(inputs, keras.layers.Dense(10)(keras.layers.Flatten()(x)))
 
 
 def half_precision_model() -> keras.Model:
@@ -219,6 +229,27 @@ def test_the_suggested_fix_for_an_unsupported_layer_works():
     model = lstm_model()
     qmodel = tf_ecqx.quantize_model(model, exclude=["my_lstm"])
     assert [s.name for s in tf_ecqx.layer_stats(qmodel)] == [model.layers[-1].name]
+
+
+def test_a_lambda_layer_is_refused_with_fixes_that_work(fashion_small, tmp_path):
+    train, _ = fashion_small
+    images, labels = train.x[:256, ..., 0], train.y[:256]
+    model = lambda_model()
+    with pytest.raises(
+        ValueError, match=r"'add_channel' \(Lambda\).*exclude=\['add_channel'\].*no rule.*TensorFlow ops"
+    ) as e:
+        tf_ecqx.quantize_model(model)
+    assert "annotating" not in str(e.value)  # it holds no weights to opt in
+    qmodel = compiled(tf_ecqx.quantize_model(model, exclude=["add_channel"]))
+    qmodel.fit(images, labels, batch_size=64, epochs=1, verbose=0)
+    result = tf_ecqx.export.to_tflite(qmodel, tmp_path / "m.tflite", images[:64])
+    assert result.argmax_agreement >= 0.9
+    xmodel = compiled(tf_ecqx.quantize_model(model, exclude=["add_channel"], ecqx=True))
+    with pytest.raises(ValueError, match=r"'add_channel' \(Lambda\) is not supported by LRP"):
+        xmodel.fit(images, labels, epochs=1, verbose=0, callbacks=[tf_ecqx.RelevanceCallback((images, labels))])
+    xmodel = compiled(tf_ecqx.quantize_model(lambda_model(as_tf_op=True), ecqx=True))
+    xmodel.fit(images, labels, epochs=1, verbose=0, callbacks=[tf_ecqx.RelevanceCallback((images, labels))])
+    assert all(np.abs(k.state["relevance"].numpy()).sum() > 0 for k in tf_ecqx.quantized_kernels(xmodel))
 
 
 def test_a_global_mixed_precision_policy_is_refused_clearly():

@@ -371,6 +371,30 @@ def test_tensorflow_op_layers_run_with_their_constants_and_pass_relevance_when_e
     assert relevances.weights["conv"].any()
 
 
+def test_tensorflow_ops_that_rearrange_a_tensor_move_relevance_as_their_keras_layers_do(digits):
+    """expand_dims, transpose, reshape and squeeze written as TF ops give the relevances of Reshape/Permute layers."""
+    x, y = digits
+    images = x[..., 0]  # (n, 8, 8)
+
+    def model(as_tf_ops: bool) -> keras.Model:
+        inputs = keras.Input((8, 8))
+        if as_tf_ops:
+            h = tf.transpose(tf.expand_dims(inputs, -1), (0, 2, 1, 3))
+        else:
+            h = layers.Permute((2, 1, 3))(layers.Reshape((8, 8, 1))(inputs))
+        h = layers.Conv2D(4, 3, use_bias=False, activation="relu", name="conv")(h)
+        h = tf.squeeze(tf.reshape(h, (-1, 1, 144)), 1) if as_tf_ops else layers.Flatten()(h)
+        return keras.Model(inputs, layers.Dense(10, use_bias=False, name="logits")(h))
+
+    keras_layers, tf_ops = model(False), model(True)
+    tf_ops.set_weights(keras_layers.get_weights())
+    expected, got = lrp(keras_layers, images, y), lrp(tf_ops, images, y)
+    np.testing.assert_allclose(got.input, expected.input, atol=1e-6)
+    for name in ("conv", "logits"):
+        np.testing.assert_allclose(got.weights[name], expected.weights[name], rtol=1e-5, atol=1e-7)
+    assert np.abs(expected.input).sum() > 0
+
+
 # models, compilation and QAT -----------------------------------------------------------------------------------------
 
 

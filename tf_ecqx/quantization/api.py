@@ -10,6 +10,7 @@ from typing import Any
 
 from tensorflow_model_optimization.python.core.quantization.keras import quantize as tfmot_quantize
 from tensorflow_model_optimization.python.core.quantization.keras.quantize_annotate import QuantizeAnnotate
+from tf_keras.src.saving.serialization_lib import SafeModeScope
 
 from tf_ecqx._keras import keras
 from tf_ecqx.layers import KERNEL_ATTRS, KERNEL_KINDS, TF_OP_LAYERS
@@ -59,7 +60,9 @@ def quantize_apply(model: keras.Model, scheme: ECQxQuantizeScheme | None = None)
     """
     if scheme is not None and not isinstance(scheme, ECQxQuantizeScheme):
         raise TypeError(f"quantize_apply takes an ECQxQuantizeScheme, got {type(scheme).__name__}.")
-    with quantize_scope():
+    # tfmot rebuilds the model from its config: a Lambda layer (excluded, in float) comes back from the user's own
+    # in-memory function, not from a file, so Keras' guard against loading stored code does not apply.
+    with quantize_scope(), SafeModeScope(safe_mode=False):
         qmodel = tfmot_quantize.quantize_apply(model, scheme=scheme or ECQxQuantizeScheme())
     if not any(True for _ in quantized_kernels(qmodel)):
         raise _nothing_to_quantize(model)

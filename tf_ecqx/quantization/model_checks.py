@@ -102,13 +102,23 @@ OPT_IN_WEIGHTS = {
 
 
 def check_supported(layer: keras.layers.Layer, supported: bool) -> None:
-    """Fail on a layer no registry entry covers, saying how to exclude or annotate it."""
+    """Fail on a layer no registry entry covers, saying how to exclude or annotate it (or, holding no weights, how
+    else to keep it)."""
     if isinstance(layer, (keras.layers.InputLayer, QuantizeAnnotate)) or supported:
         return
-    weights = repr(OPT_IN_WEIGHTS[type(layer)]) if type(layer) in OPT_IN_WEIGHTS else "[<its weight attributes>]"
-    raise ValueError(
+    problem = (
         f"Layer {layer.name!r} ({type(layer).__name__}) cannot be quantized by tf_ecqx: it is neither a layer whose "
         f"kernel ECQx quantizes ({KERNEL_KINDS}) nor one with nothing to quantize that tf_ecqx knows. Keep it in "
-        f"float with quantize_model(..., exclude=[{layer.name!r}]), or opt in by annotating it in the model with "
+        f"float with quantize_model(..., exclude=[{layer.name!r}])"
+    )
+    if not layer.weights:
+        raise ValueError(
+            f"{problem}: ECQ trains around it and the TFLite export converts the ops it runs, but LRP (and so ECQx) "
+            "has no rule for it. Or write what it computes as TensorFlow ops on the Keras tensors (`x * 2.0`, "
+            "`tf.expand_dims(x, -1)` in place of a Lambda): tf_ecqx passes those through, elementwise ones with LRP."
+        )
+    weights = repr(OPT_IN_WEIGHTS[type(layer)]) if type(layer) in OPT_IN_WEIGHTS else "[<its weight attributes>]"
+    raise ValueError(
+        f"{problem}, or opt in by annotating it in the model with "
         f"quantize_annotate_layer(layer, ECQxQuantizeConfig({weights}, []))."
     )

@@ -230,13 +230,24 @@ def _signal_takes_all(step: Step, xs: list[tf.Tensor], r: tf.Tensor) -> list[tf.
     return [r if i == signal else None for i in range(len(xs))]
 
 
+# TensorFlow ops (as Keras names them) that only move elements: relevance moves back with them.
+REARRANGING_TF_OPS = frozenset(
+    {"expand_dims", "squeeze", "compat.v1.squeeze", "reshape", "transpose", "compat.v1.transpose", "identity"}
+)
+
+
 def _tf_op_pass(step: Step, xs: list[tf.Tensor], r: tf.Tensor) -> list[tf.Tensor]:
-    """R unchanged through a TensorFlow-op layer that is elementwise on one tensor; any other such op is refused."""
+    """R unchanged through a TensorFlow-op layer that is elementwise on one tensor, moved back through one that only
+    rearranges its elements (REARRANGING_TF_OPS); any other such op is refused."""
+    function = step.layer.get_config().get("function")
+    if len(xs) == 1 and function in REARRANGING_TF_OPS:
+        return _gradient(step, xs, r)
     if len(xs) != 1 or xs[0].shape != r.shape:
         raise ValueError(
-            f"Layer {step.layer.name!r} ({step.layer.get_config().get('function')}, a TensorFlow op Keras wrapped) "
-            f"is reached by relevance and is not elementwise on one tensor: LRP has no rule for it. Write it as a "
-            "Keras layer (Add, Multiply, Reshape, ...), or train the model with ECQ (ecqx=False)."
+            f"Layer {step.layer.name!r} ({function}, a TensorFlow op Keras wrapped) is reached by relevance and is "
+            "neither elementwise on one tensor nor a rearrangement of one (expand_dims, squeeze, reshape, "
+            "transpose): LRP has no rule for it. Write it as a Keras layer (Add, Multiply, Reshape, ...), or train "
+            "the model with ECQ (ecqx=False)."
         )
     return [r]
 

@@ -7,7 +7,7 @@ the fronts compared at matched bytes.
 Each run starts from the same cached float model: trained to convergence (tf_ecqx.models.converged_float_model, early
 stopping on 10 % of the training images) or, with `--baseline 3-epochs`, the 3-epoch one of bench_pareto.py. It
 fine-tunes `--steps` steps (938 = one epoch of the 60k training images, batch 64, Adam 1e-3; several values: each run
-at each length, named with it, lever e) and prints the Keras
+at each length, lever e; other lengths than one epoch are part of the run names) and prints the Keras
 model's test accuracy (10k images), the kernels' sparsity, the bitstream bytes (tf_ecqx.export.encode) and the whole
 file (bitstream + the float32 biases/BatchNorm it omits). Levers: LambdaSchedule (a ramp over the first third of the
 steps), Distiller (T = 3, alpha = 0.1, the Keras example's), ECQx's slack q (0.05 against the reference's 0),
@@ -39,6 +39,7 @@ from tf_ecqx.report import model_totals  # noqa: E402
 from tf_ecqx.sizes import unquantized_parameter_bytes  # noqa: E402
 
 BATCH = 64
+ONE_EPOCH = 938  # steps of BATCH over the 60k training images
 # run name -> levers: q (ECQx with that slack), ramp (LambdaSchedule), distill (Distiller)
 RUNS: dict[str, dict[str, float]] = {
     "ECQ": {},
@@ -164,7 +165,7 @@ def main() -> None:
     parser.add_argument("--baseline", default="converged", choices=["converged", "3-epochs"])
     parser.add_argument("--bits", type=int, default=4)
     parser.add_argument("--lambdas", type=float, nargs="+", default=[0.2])
-    parser.add_argument("--steps", type=int, nargs="+", default=[938])
+    parser.add_argument("--steps", type=int, nargs="+", default=[ONE_EPOCH])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS), help="default: all")
     parser.add_argument(
@@ -193,7 +194,7 @@ def main() -> None:
             for steps in args.steps:
                 for name in args.runs:
                     lever = RUNS[name]
-                    if len(args.steps) > 1:
+                    if args.steps != [ONE_EPOCH]:
                         name = f"{name}, {steps} steps"
                     points.append(run(name, float_model, train, test, steps, args.bits, lambda_, seed, **lever))
                     print(points[-1].row(), flush=True)

@@ -91,7 +91,9 @@ def rgb32(images: np.ndarray) -> np.ndarray:
     return np.repeat(np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0))), 3, axis=-1)
 
 
-def compile_for_classification(model: keras.Model, learning_rate: float = 1e-3) -> keras.Model:
+def compile_for_classification(
+    model: keras.Model, learning_rate: float | keras.optimizers.schedules.LearningRateSchedule = 1e-3
+) -> keras.Model:
     """Adam + sparse categorical cross-entropy on logits + accuracy (the reference training setup)."""
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),

@@ -6,12 +6,13 @@ the fronts compared at matched bytes.
 
 Each run starts from the same cached float model: trained to convergence (tf_ecqx.models.converged_float_model, early
 stopping on 10 % of the training images) or, with `--baseline 3-epochs`, the 3-epoch one of bench_pareto.py. It
-fine-tunes `--steps` steps (938 = one epoch of the 60k training images, batch 64, Adam 1e-3; several values: each run
-at each length, lever e; other lengths than one epoch are part of the run names) and prints the Keras
-model's test accuracy (10k images), the kernels' sparsity, the bitstream bytes (tf_ecqx.export.encode) and the whole
-file (bitstream + the float32 biases/BatchNorm it omits). Levers: LambdaSchedule (a ramp over the first third of the
-steps), Distiller (T = 3, alpha = 0.1, the Keras example's), ECQx's slack q (0.05 against the reference's 0),
-allocate_rates (per-layer lambda from the loss's sensitivity, in place of the layer-size heuristic).
+fine-tunes `--steps` steps (938 = one epoch of the 60k training images, batch 64, Adam 1e-3; several values: each run at
+each length, lever e; other lengths than one epoch are part of the run names) and prints the Keras model's test accuracy
+(10k images), the kernels' sparsity, the bitstream bytes (tf_ecqx.export.encode) and the whole file (bitstream + the
+float32 biases/BatchNorm it omits). Levers: LambdaSchedule (a ramp over the first third of the steps), Distiller (T = 3,
+alpha = 0.1, the Keras example's), ECQx's slack q (0.05 against the reference's 0), allocate_rates (per-layer lambda
+from the loss's sensitivity, in place of the layer-size heuristic), a cosine decay of the learning rate to 0 over the
+run (in place of a constant 1e-3; with lever e's lengths).
 
 With several lambdas, each run and seed gives a front (whole-file bytes -> accuracy); the summary prints, per run, the
 smallest whole file within 0.5 pp of the float and its accuracy difference to the first run's front (ECQ's, at the
@@ -40,7 +41,8 @@ from tf_ecqx.sizes import unquantized_parameter_bytes  # noqa: E402
 
 BATCH = 64
 ONE_EPOCH = 938  # steps of BATCH over the 60k training images
-# run name -> levers: q (ECQx with that slack), ramp (LambdaSchedule), distill (Distiller)
+# run name -> levers: q (ECQx with that slack), ramp (LambdaSchedule), distill (Distiller), rates (allocate_rates),
+# cosine (the learning rate decays from 1e-3 to 0 over the run, keras.optimizers.schedules.CosineDecay)
 RUNS: dict[str, dict[str, float]] = {
     "ECQ": {},
     "ECQ + lambda ramp": {"ramp": 1},
@@ -48,6 +50,7 @@ RUNS: dict[str, dict[str, float]] = {
     "ECQx q=0 (reference)": {"q": 0.0},
     "ECQx q=0.05": {"q": 0.05},
     "ECQ + rate allocation": {"rates": 1},
+    "ECQ + cosine lr": {"cosine": 1},
 }
 WITHIN_PP = 0.5
 NAME_WIDTH = 34  # "ECQ + rate allocation, 2814 steps"
@@ -84,7 +87,7 @@ def run(
     seed: int,
     **lever: float,
 ) -> Point:
-    """One fine-tuning run with the levers named in `lever` (q, ramp, distill, rates)."""
+    """One fine-tuning run with the levers named in `lever` (q, ramp, distill, rates, cosine)."""
     start = time.perf_counter()
     keras.utils.set_random_seed(seed)
     ecqx = "q" in lever
@@ -98,7 +101,9 @@ def run(
     if lever.get("rates"):
         tf_ecqx.allocate_rates(compile_for_classification(qmodel), train.as_dataset(16, shuffle=True, seed=seed))
     trained = tf_ecqx.Distiller(qmodel, float_model) if lever.get("distill") else qmodel
-    compile_for_classification(trained)
+    compile_for_classification(
+        trained, keras.optimizers.schedules.CosineDecay(1e-3, steps) if lever.get("cosine") else 1e-3
+    )
     trained.fit(data.repeat(), steps_per_epoch=steps, epochs=1, callbacks=callbacks, verbose=0)
     accuracy = compile_for_classification(qmodel).evaluate(test.x, test.y, verbose=0)[1]
     sparsity = model_totals(tf_ecqx.layer_stats(qmodel)).sparsity

@@ -11,8 +11,11 @@ import numpy as np
 import pytest
 from conftest import small_cnn
 
+import tf_ecqx
 from tf_ecqx._keras import keras
 from tf_ecqx.cli import main
+from tf_ecqx.commands import QuantizeSettings
+from tf_ecqx.quantization.kernels import layer_size_factors, quantized_kernels
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +66,36 @@ def test_quantize_writes_every_artifact_and_a_truthful_report(quantized):
     assert sorted(f["layer"] for f in micro["filters"]) == sorted(layer["name"] for layer in report["layers"])
     assert all(f["bytes"] == f["options"][f["encoding"]] for f in micro["filters"])
     assert len(report["layers"]) == 4 and all(0 < layer["sparsity"] < 1 for layer in report["layers"])
+
+
+def test_quantize_fine_tunes_by_the_recipe_or_as_the_reference_when_asked(quantized, workspace, tmp_path):
+    """Default: per-layer lambda from allocate_rates and a cosine learning-rate decay (ahead in BENCHMARKS.md's lever
+    e); --layer-lambdas size --lr-schedule constant: the reference's layer-size heuristic at a constant 1e-3."""
+    reference = tmp_path / "reference"
+    args = quantize_args(workspace, str(workspace / "fmnist.npz"), reference)
+    assert main([*args, "--lr-schedule", "constant", "--layer-lambdas", "size"]) == 0
+    for out, schedule, lambdas in ((quantized, "cosine", "sensitivity"), (reference, "constant", "size")):
+        settings = json.loads((out / "report.json").read_text())["settings"]
+        assert (settings["lr_schedule"], settings["layer_lambdas"]) == (schedule, lambdas)
+        with tf_ecqx.quantize_scope():
+            qat = keras.models.load_model(out / "qat.keras")
+        kernels = list(quantized_kernels(qat))
+        factors = [float(k.state["size_factor"]) for k in kernels]
+        assert np.allclose(factors, layer_size_factors(kernels)) == (lambdas == "size"), factors
+        learning_rate = qat.optimizer.get_config()["learning_rate"]
+        assert learning_rate["class_name"] == "CosineDecay" if schedule == "cosine" else learning_rate == 1e-3
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"lr_schedule": "linear"}, "lr_schedule='linear' is not one of cosine, constant"),
+        ({"layer_lambdas": "fisher"}, "layer_lambdas='fisher' is not one of sensitivity, size"),
+    ],
+)
+def test_an_unknown_recipe_choice_is_refused_with_the_allowed_ones(setting, message):
+    with pytest.raises(ValueError, match=message):
+        QuantizeSettings(**setting)
 
 
 def test_report_prints_the_layer_table_and_sizes(quantized, capsys):

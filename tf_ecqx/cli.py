@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from tf_ecqx.quantization.settings import DEFAULT_LAMBDA  # no TensorFlow: --help stays fast
+from tf_ecqx.recipe import EPOCHS, LAYER_LAMBDAS, LR_SCHEDULES
 
 LAMBDA_HELP = f"entropy weight, larger = sparser (default {DEFAULT_LAMBDA})"
 DATA_HELP = "fashion_mnist (default), a directory with the four MNIST-format IDX files, or an .npz with x_train etc."
@@ -44,7 +45,20 @@ def _parser() -> argparse.ArgumentParser:
     quantize.add_argument("--relevance", default=None, help="LRP composite for ECQx (default: none, plain ECQ)")
     quantize.add_argument("--p", type=float, default=0.1, help="sparsity ECQx may give back vs ECQ (default 0.1)")
     quantize.add_argument("--data", default="fashion_mnist", help=DATA_HELP)
-    quantize.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs (default 2)")
+    quantize.add_argument("--epochs", type=int, default=EPOCHS, help=f"fine-tuning epochs (default {EPOCHS})")
+    quantize.add_argument(
+        "--lr-schedule",
+        choices=LR_SCHEDULES,
+        default=LR_SCHEDULES[0],
+        help="Adam's learning rate: 1e-3 decaying to 0 over the run (cosine, default) or a constant 1e-3",
+    )
+    quantize.add_argument(
+        "--layer-lambdas",
+        choices=LAYER_LAMBDAS,
+        default=LAYER_LAMBDAS[0],
+        help="per-layer lambda from the loss's sensitivity (allocate_rates, default) or from layer size (the "
+        "reference's heuristic)",
+    )
     quantize.add_argument("--out", required=True, help="output directory")
     quantize.add_argument(
         "--micro-ram",
@@ -86,6 +100,8 @@ def _run(args: argparse.Namespace) -> None:
             relevance=args.relevance,
             p=args.p,
             epochs=args.epochs,
+            lr_schedule=args.lr_schedule,
+            layer_lambdas=args.layer_lambdas,
             micro_ram_kb=args.micro_ram_kb,
         )
         report = quantize_to_directory(args.model, args.data, args.out, settings, quiet=args.quiet)

@@ -23,6 +23,8 @@ from tf_ecqx.model_files import load_model_file
 from tf_ecqx.models import compile_for_classification
 from tf_ecqx.plots import plot_code_histogram, plot_layer_stats, plot_relevance
 from tf_ecqx.quantization.settings import DEFAULT_LAMBDA, ECQxSettings, check_count
+from tf_ecqx.rate_allocation import allocate_rates
+from tf_ecqx.recipe import EPOCHS, LAYER_LAMBDAS, LEARNING_RATE, LR_SCHEDULES
 from tf_ecqx.relevance.sources import relevance_source
 from tf_ecqx.report import LayerStats, format_layer_table, layer_stats
 
@@ -42,7 +44,9 @@ class QuantizeSettings:
     lambda_: float = DEFAULT_LAMBDA
     relevance: str | None = None  # ECQx with this relevance source; None: ECQ
     p: float = 0.1
-    epochs: int = 2
+    epochs: int = EPOCHS
+    lr_schedule: str = LR_SCHEDULES[0]
+    layer_lambdas: str = LAYER_LAMBDAS[0]
     batch_size: int = 64
     seed: int = 0
     micro_ram_kb: float | None = None  # the TFLM arena budget of the micro export, in KB (1024 bytes)
@@ -52,9 +56,21 @@ class QuantizeSettings:
         if self.relevance is not None:
             relevance_source(self.relevance)
         check_count("epochs", self.epochs)
+        for name, value, allowed in (
+            ("lr_schedule", self.lr_schedule, LR_SCHEDULES),
+            ("layer_lambdas", self.layer_lambdas, LAYER_LAMBDAS),
+        ):
+            if value not in allowed:
+                raise ValueError(f"{name}={value!r} is not one of {', '.join(allowed)}.")
         kb = self.micro_ram_kb
         if kb is not None and (isinstance(kb, bool) or not isinstance(kb, (int, float)) or not 0 < kb < math.inf):
             raise ValueError(f"micro RAM budget {kb!r} KB must be a positive number of kilobytes (--micro-ram 64).")
+
+    def learning_rate(self, steps: int) -> float | keras.optimizers.schedules.LearningRateSchedule:
+        """Adam's learning rate for a fine-tuning of `steps` steps."""
+        if self.lr_schedule == "cosine":
+            return keras.optimizers.schedules.CosineDecay(LEARNING_RATE, steps)
+        return LEARNING_RATE
 
     @property
     def ram_budget(self) -> int | None:
@@ -100,13 +116,17 @@ def _quantize_into(
     keras.utils.set_random_seed(settings.seed)
     ecqx = settings.relevance is not None
     qmodel = quantize_model(float_model, bits=settings.bits, lambda_=settings.lambda_, ecqx=ecqx, p=settings.p)
-    compile_for_classification(qmodel)
+    steps = settings.epochs * math.ceil(len(train.x) / settings.batch_size)
+    compile_for_classification(qmodel, settings.learning_rate(steps))
+    method = "ECQx" if ecqx else "ECQ"
+    recipe = f"per-layer lambda from {settings.layer_lambdas}, learning rate {settings.lr_schedule}"
+    _progress(quiet, f"[1/4] {method} {settings.bits}-bit fine-tuning for {settings.epochs} epoch(s), {recipe}")
+    if settings.layer_lambdas == "sensitivity":
+        allocate_rates(qmodel, train.as_dataset(16, shuffle=True, seed=settings.seed))
     train_data = train.as_dataset(settings.batch_size, shuffle=True, seed=settings.seed)
     callbacks: list[keras.callbacks.Callback] = [QuantizationMetrics(log_dir=out / "logs")]
     if ecqx:
         callbacks.append(RelevanceCallback(train_data, settings.relevance))
-    method = "ECQx" if ecqx else "ECQ"
-    _progress(quiet, f"[1/4] {method} {settings.bits}-bit fine-tuning for {settings.epochs} epoch(s)")
     qmodel.fit(train_data, epochs=settings.epochs, callbacks=callbacks, verbose=0 if quiet else 2)
     accuracy = float(qmodel.evaluate(test.as_dataset(256), verbose=0)[1])
     qmodel.save(out / QAT_FILE)

@@ -2,9 +2,14 @@
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+from conftest import small_cnn
+
+import tf_ecqx
 
 TOOLS = Path(__file__).resolve().parent.parent / "tools"
 
@@ -161,3 +166,19 @@ def test_bench_assignment_prints_op_by_op_and_xla_times_per_method():
         op_by_op, xla, ratio = (float(cell.split()[0].rstrip("×")) for cell in row[3:6])
         assert op_by_op > 0 and xla > 0 and abs(ratio - op_by_op / xla) <= 0.05 + 0.01 * ratio, row
         assert int(row[6]) <= 200, row  # rounding-boundary weights only (1 % of 20,000 at most)
+
+
+def test_bench_coder_prints_each_kernel_against_its_entropy_and_nncodec_where_installed(tmp_path):
+    qmodel = tf_ecqx.quantize_model(small_cnn(), bits=4, lambda_=0.2)
+    tf_ecqx.export.save(qmodel, tmp_path / "kernels.ecqx")
+    out = run_tool("bench_coder.py", str(tmp_path / "kernels.ecqx"))
+    names = [k.name for k in tf_ecqx.quantization.kernels.quantized_kernels(qmodel)]
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.split()[:1] and line.split()[0] in names}
+    assert sorted(rows) == sorted(names), out
+    whole = next(line for line in out.splitlines() if line.startswith("whole file"))
+    assert int(whole.split()[-3]) == (tmp_path / "kernels.ecqx").stat().st_size, out
+    if importlib.util.find_spec("nncodec") is None:
+        assert "NNCodec line skipped: nncodec is not importable" in out, out
+    else:  # checked bit-exact inside the tool
+        nncodec = re.search(r"NNCodec whole bitstream: (\d+) B .* v2 / NNCodec = ([\d.]+)", out)
+        assert nncodec and int(nncodec[1]) > 0 and float(nncodec[2]) > 0, out

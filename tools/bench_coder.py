@@ -1,21 +1,28 @@
 """Bytes of the ECQx bitstream's coders on real kernel codes: zeroth-order entropy, version 1, version 2, NNCodec.
 
     python tools/bench_coder.py FILE.ecqx [FILE.ecqx ...]
+    pip install --no-deps nncodec==2.1.3    # optional, for the NNCodec line (builds its C++ DeepCABAC extension)
 
 Each file (version 1 or 2, e.g. a copy of demo_output/kernels.ecqx from `make demo`) is decoded and its codes
 written again as version 2. Per kernel: the zeroth-order entropy N * H(codes) / 8, the payload bytes of the file as
 given (v1 for a version-1 file) and of version 2, and their ratio to the entropy; per file the same for whole files,
-every header byte included. An NNCodec column (DeepCABAC on the same integer codes) is not measured: nncodec (never a
-dependency of tf_ecqx) could not be installed here to wire it in, and the tool prints why the column is missing.
-Decoding time of each version-2 file is printed too. Everything is measured in this run.
+every header byte included. NNCodec (the paper's coder, never a dependency of tf_ecqx): its whole NNR bitstream of
+the same integer codes (output axis first, as in PyTorch), the smallest over its row skipping and parameter-optimised
+context initialisation, each decoded and checked bit-exact. Decoding time of each version-2 file is printed too.
+Everything is measured in this run.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import itertools
+import sys
+import tempfile
 import time
+import types
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,20 +34,52 @@ def entropy_bytes(codes: np.ndarray) -> float:
     return float((counts * np.log2(counts.sum() / counts)).sum() / 8)
 
 
-def nncodec_reason() -> str | None:
-    """Why NNCodec cannot be measured here, or None."""
+def nncodec_compression() -> Any:
+    """NNCodec's compression module, or the reason it cannot be imported (a str).
+
+    nncodec.nnc imports its PyTorch and TensorFlow model adapters at import time; compressing a dict of integer
+    arrays never calls them, so stand-ins that recognise no model take their place and PyTorch (gigabytes of CUDA
+    wheels from PyPI) is not needed."""
+    adapters = types.ModuleType("nncodec.framework")
+    for name in ("tensorflow_model", "pytorch_model", "use_case_init"):
+        stand_in = types.ModuleType(name)
+        stand_in.is_tef_model = stand_in.is_pyt_model = lambda model: False
+        stand_in.use_cases = {}
+        setattr(adapters, name, stand_in)
+    sys.modules.setdefault("nncodec.framework", adapters)
     try:
-        importlib.import_module("nncodec")
+        return importlib.import_module("nncodec.nnc")
     except ImportError as error:
-        return f"nncodec is not importable ({error}); install it in a separate venv to add the column"
-    return "nncodec imports, but its integer-code entry point is not wired into this tool yet"
+        return f"nncodec is not importable ({error}); `pip install --no-deps nncodec==2.1.3` adds it"
+
+
+def nncodec_bytes(nnc: Any, layers: list[Any]) -> tuple[int, str]:
+    """The smallest NNCodec bitstream of the layers' codes and the options that gave it, each option decoded and
+    checked against the codes."""
+    tensors = {layer.name: np.ascontiguousarray(np.moveaxis(layer.codes.astype(np.int32), -1, 0)) for layer in layers}
+    sizes = {}
+    for row_skipping, param_opt in itertools.product((False, True), repeat=2):
+        with tempfile.TemporaryDirectory() as folder:
+            stream = nnc.compress(
+                tensors,
+                bitstream_path=f"{folder}/codes.nnc",
+                row_skipping=row_skipping,
+                param_opt=param_opt,
+                return_bitstream=True,
+            )
+        decoded = nnc.decompress(stream)
+        for name, codes in tensors.items():
+            assert np.array_equal(np.asarray(decoded[name]), codes), f"NNCodec does not round-trip {name}"
+        sizes[f"row_skipping={row_skipping}, param_opt={param_opt}"] = len(stream)
+    best = min(sizes, key=sizes.get)
+    return sizes[best], best
 
 
 def row(name: str, entropy: float, given: int, version2: int) -> str:
     return f"{name:<28} {entropy:>10.0f} {given:>10} {version2:>10} {given / entropy:>8.3f} {version2 / entropy:>8.3f}"
 
 
-def bench(path: Path) -> tuple[float, int, int]:
+def bench(path: Path, nnc: Any) -> tuple[float, int, int]:
     data = path.read_bytes()
     layers = decode(data, max_weights=DEFAULT_MAX_WEIGHTS)
     written = encode_layers(layers)
@@ -58,6 +97,10 @@ def bench(path: Path) -> tuple[float, int, int]:
     total = sum(entropy_bytes(layer.codes) for layer in layers)
     print(row("whole file (headers incl.)", total, len(data), len(written)))
     print(f"version-2 decode: {seconds * 1000:.1f} ms")
+    if not isinstance(nnc, str):
+        size, options = nncodec_bytes(nnc, layers)
+        print(f"NNCodec whole bitstream: {size} B = {size / total:.3f}x the entropy ({options});", end=" ")
+        print(f"v2 / NNCodec = {len(written) / size:.3f}")
     return total, len(data), len(written)
 
 
@@ -65,9 +108,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("files", nargs="+", type=Path)
     args = parser.parse_args()
-    if reason := nncodec_reason():
-        print(f"NNCodec column skipped: {reason}.")
-    totals = np.array([bench(path) for path in args.files])
+    nnc = nncodec_compression()
+    if isinstance(nnc, str):
+        print(f"NNCodec line skipped: {nnc}.")
+    totals = np.array([bench(path, nnc) for path in args.files])
     if len(args.files) > 1:
         entropy, given, version2 = totals.sum(0)
         print(f"\nall files: entropy {entropy:.0f} B, given {given:.0f} B, v2 {version2:.0f} B", end=" ")

@@ -12,7 +12,7 @@ each length, lever e; other lengths than one epoch are part of the run names) an
 float32 biases/BatchNorm it omits). Levers: LambdaSchedule (a ramp over the first third of the steps), Distiller (T = 3,
 alpha = 0.1, the Keras example's), ECQx's slack q (0.05 against the reference's 0), allocate_rates (per-layer lambda
 from the loss's sensitivity, in place of the layer-size heuristic), a cosine decay of the learning rate to 0 over the
-run (in place of a constant 1e-3; with lever e's lengths), and the last two together.
+run (in place of a constant 1e-3; with lever e's lengths), and the last two together, with ECQ and with ECQx.
 
 With several lambdas, each run and seed gives a front (whole-file bytes -> accuracy); the summary prints, per run, the
 smallest whole file within 0.5 pp of the float and its accuracy difference to the first run's front (ECQ's, at the
@@ -52,6 +52,7 @@ RUNS: dict[str, dict[str, float]] = {
     "ECQ + rate allocation": {"rates": 1},
     "ECQ + cosine lr": {"cosine": 1},
     "ECQ + cosine + rates": {"cosine": 1, "rates": 1},
+    "ECQx + cosine + rates": {"q": 0.0, "cosine": 1, "rates": 1},
 }
 WITHIN_PP = 0.5
 NAME_WIDTH = 34  # "ECQ + rate allocation, 2814 steps"

@@ -95,8 +95,9 @@ def test_bench_levers_prints_a_row_per_lever_and_length_and_a_summary_it_can_red
     lines = out.splitlines()
     levers = ["ECQ", "ECQ + lambda ramp", "ECQ + distillation", "ECQx q=0 (reference)", "ECQx q=0.05"]
     levers += ["ECQ + rate allocation", "ECQ + cosine lr", "ECQ + cosine + rates", "ECQx + cosine + rates"]
+    levers += ["ECQ + recipe + distill"]
     runs = [f"{lever}, {steps} steps" for steps in (5, 10) for lever in levers]
-    rows = lines[3:21]
+    rows = lines[3:23]
     assert [line[:34].strip() for line in rows] == runs, out
     for *_, lambda_, seed, accuracy, sparsity, bitstream, whole, _seconds in (line.split() for line in rows):
         assert lambda_ == "0.100" and seed == "0" and 0.1 < float(accuracy) <= 1, out

@@ -53,6 +53,7 @@ RUNS: dict[str, dict[str, float]] = {
     "ECQ + cosine lr": {"cosine": 1},
     "ECQ + cosine + rates": {"cosine": 1, "rates": 1},
     "ECQx + cosine + rates": {"q": 0.0, "cosine": 1, "rates": 1},
+    "ECQ + recipe + distill": {"cosine": 1, "rates": 1, "distill": 1},
 }
 WITHIN_PP = 0.5
 NAME_WIDTH = 34  # "ECQ + rate allocation, 2814 steps"

@@ -4,8 +4,9 @@ features), a MobileNet block (BatchNorm folded into bias-free convolutions, dept
 block (Rescaling, swish, squeeze-excite Multiply, hard_sigmoid), a DenseNet block and transition (Concatenate, 1x1
 convolution -> AveragePooling2D), a Conv2DTranspose net, an Xception-style net of a separable convolution and 1-D
 depthwise/transposed convolutions, a depthwise-separable keyword-spotting net (SeparableConv1D), a net of
-activations tfmot cannot fuse (relu6, hard_sigmoid) and parametric ones (PReLU, LeakyReLU), and a transformer's blocks
-without attention (LayerNormalization, Dense on tokens), all trained with ECQx.
+activations tfmot cannot fuse (relu6, hard_sigmoid), parametric ones (PReLU, LeakyReLU) and ELU, a transformer's blocks
+without attention (LayerNormalization, Dense on tokens) and a weight-tied convolution called twice, all trained with
+ECQx.
 3-D convolutions train with ECQx and go into the bitstream, but TFLite has no integer kernel for them; Embedding tables
 and recurrent kernels, opted in by annotation, train with ECQ. Their TFLite export is refused clearly.
 """
@@ -84,13 +85,14 @@ def separable_1d_net() -> keras.Model:
 
 
 def activations_net() -> keras.Model:
-    """Activations tfmot cannot quantize inside a layer (relu6, hard_sigmoid: split off into Activation layers) and
-    the parametric ones (PReLU, LeakyReLU)."""
+    """Activations tfmot cannot quantize inside a layer (relu6, hard_sigmoid: split off into Activation layers),
+    the parametric ones (PReLU, LeakyReLU) and ELU, which tfmot does not list."""
     inputs = keras.Input((28, 28, 1))
     x = layers.Conv2D(16, 3, strides=2, activation="relu6", name="conv_relu6")(inputs)
     x = layers.PReLU(shared_axes=[1, 2])(layers.Conv2D(16, 3, name="conv_prelu")(x))
     x = layers.LeakyReLU(0.1)(layers.Conv2D(16, 3, name="conv_leaky")(x))
     x = layers.Dense(32, activation="hard_sigmoid", name="dense_hard_sigmoid")(layers.Flatten()(x))
+    x = layers.ELU()(layers.Dense(32, name="dense_elu")(x))  # TFLite's int8 ELU runs after a Dense, not a Conv2D
     return keras.Model(inputs, layers.Dense(10, name="logits")(x), name="activations")
 
 
@@ -128,6 +130,16 @@ def densenet_block(average_pooling: keras.layers.Layer | None = None) -> keras.M
     return keras.Model(inputs, layers.Dense(10, name="logits")(x), name="densenet_block")
 
 
+def weight_tied_net() -> keras.Model:
+    """One convolution applied to the top and the bottom half of the image (a Siamese-style layer, called twice)."""
+    inputs = keras.Input((28, 28, 1))
+    shared = layers.Conv2D(16, 3, strides=2, activation="relu", name="shared_conv")
+    top = shared(layers.Cropping2D(((0, 14), (0, 0)))(inputs))
+    bottom = shared(layers.Cropping2D(((14, 0), (0, 0)))(inputs))
+    x = layers.Concatenate()([layers.Flatten()(top), layers.Flatten()(bottom)])
+    return keras.Model(inputs, layers.Dense(10, name="logits")(x), name="weight_tied")
+
+
 def token_mlp_net() -> keras.Model:
     """A transformer's blocks without attention: image rows as 28 tokens, Dense on every token, pre-norm
     LayerNormalization and residual Adds."""
@@ -152,8 +164,9 @@ MODELS = {
     "Conv2DTranspose": transposed_conv_net,
     "separable and 1-D depthwise/transposed": separable_net,
     "SeparableConv1D": separable_1d_net,
-    "relu6, hard_sigmoid, PReLU, LeakyReLU": activations_net,
+    "relu6, hard_sigmoid, PReLU, LeakyReLU, ELU": activations_net,
     "LayerNormalization token MLP": token_mlp_net,
+    "a layer called twice": weight_tied_net,
 }
 
 

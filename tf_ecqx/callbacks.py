@@ -13,7 +13,7 @@ import tensorflow as tf
 from tf_ecqx._keras import keras
 from tf_ecqx.datasets import labelled_batches
 from tf_ecqx.distillation import quantized_student
-from tf_ecqx.quantization.kernels import QuantizedKernel, quantized_kernels
+from tf_ecqx.quantization.kernels import QuantizedKernel, calls_per_forward, quantized_kernels
 from tf_ecqx.quantization.settings import STEPS, check_count
 from tf_ecqx.quantization.strip import strip
 from tf_ecqx.relevance.composites import get_composite
@@ -83,6 +83,7 @@ class RelevanceCallback(keras.callbacks.Callback):
         self._dataset = labelled_batches(data, batch_size, "RelevanceCallback").repeat()
         self._batches: Iterator | None = None
         self._kernels: list[QuantizedKernel] = []
+        self._calls: dict[str, int] = {}
         self._source = relevance_source(relevance)
         self._innvestigate: InnvestigateBackend | None = None
         self._steps = 0
@@ -102,6 +103,7 @@ class RelevanceCallback(keras.callbacks.Callback):
                 f"RelevanceCallback: model {self.qmodel.name!r} has no ECQx kernel; quantize it with "
                 "tf_ecqx.quantize_model(model, ..., ecqx=True)."
             )
+        self._calls = {k.name: calls_per_forward(self.qmodel, k.wrapper) for k in self._kernels}
         if self._source.backend == INNVESTIGATE:
             self._innvestigate = InnvestigateBackend().start()
         self._compile()
@@ -183,7 +185,7 @@ class RelevanceCallback(keras.callbacks.Callback):
         for k in self._kernels:
             relevance = k.state["relevance"]
             relevance.assign((1.0 - keep) * relevances[k.name] + keep * relevance)
-            k.state["relevance_budget"].assign(budget)
+            k.state["relevance_budget"].assign(budget * self._calls[k.name])  # each call of a shared layer spends
 
     def _compile(self) -> None:
         """One graph per refresh (LRP, momentum mix, budget) instead of a handful of eager ops per kernel."""

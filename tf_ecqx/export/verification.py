@@ -71,18 +71,23 @@ def channel_axis(kernel: QuantizedKernel) -> int:
 
 def _find_filter(kernel: QuantizedKernel, tensors: list[flatbuffer.WeightTensor], expected: np.ndarray):
     """The converted filter of `kernel`: by layer name in the tensor name, else the one same-shaped filter with the
-    kernel's zero pattern (the converter sometimes names folded constants generically)."""
+    kernel's zero pattern (the converter sometimes names folded constants generically). A layer called more than once
+    may come as one identical copy per call."""
     same_shape = [t for t in tensors if t.values is not None and t.values.shape == expected.shape]
     for candidates in (
         [t for t in same_shape if f"/{kernel.wrapper.name}/" in t.name],
         [t for t in same_shape if np.array_equal(t.values == 0, expected == 0)],
     ):
-        if len(candidates) == 1:
+        if candidates and all(_same_tensor(candidates[0], t) for t in candidates[1:]):
             return candidates[0]
     raise ExportError(
         f"Cannot identify the filter of layer {kernel.name!r} in the converted model ({len(same_shape)} "
         f"filters of shape {expected.shape}); the converter changed the graph more than tf_ecqx can follow."
     )
+
+
+def _same_tensor(a: flatbuffer.WeightTensor, b: flatbuffer.WeightTensor) -> bool:
+    return np.array_equal(a.values, b.values) and np.array_equal(a.scales, b.scales)
 
 
 def preprocessing_before(layer: keras.layers.Layer) -> keras.layers.Layer | None:

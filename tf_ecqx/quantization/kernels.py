@@ -58,6 +58,11 @@ def quantized_kernels(qmodel: keras.Model) -> Iterator[QuantizedKernel]:
                     yield QuantizedKernel(layer, kernel, quantizer, state, attr, name)
 
 
+def calls_per_forward(qmodel: keras.Model, wrapper: QuantizeWrapper) -> int:
+    """How often one forward pass of qmodel calls `wrapper` (a layer shared in the graph more than once)."""
+    return sum(node.layer is wrapper for nodes in qmodel._nodes_by_depth.values() for node in nodes) or 1
+
+
 @contextlib.contextmanager
 def frozen_kernels(qmodel: keras.Model) -> Iterator[None]:
     """While active, functions traced from qmodel use each kernel's current quantized values as constants.

@@ -50,6 +50,8 @@ QUANTIZED_OUTPUT = (
     layers.BatchNormalization,
     layers.LayerNormalization,
     layers.PReLU,
+    layers.ELU,
+    layers.ThresholdedReLU,
     layers.AveragePooling3D,
     layers.UpSampling1D,
     layers.UpSampling3D,

@@ -49,6 +49,7 @@ PASS_LAYERS = (
     layers.ReLU,
     layers.LeakyReLU,
     layers.ELU,
+    layers.ThresholdedReLU,
     layers.PReLU,
     layers.Dropout,
     layers.SpatialDropout1D,

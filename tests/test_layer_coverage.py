@@ -5,8 +5,8 @@ block (Rescaling, swish, squeeze-excite Multiply, hard_sigmoid), a DenseNet bloc
 convolution -> AveragePooling2D), a Conv2DTranspose net, an Xception-style net of a separable convolution and 1-D
 depthwise/transposed convolutions, a depthwise-separable keyword-spotting net (SeparableConv1D), a net of
 activations tfmot cannot fuse (relu6, hard_sigmoid), parametric ones (PReLU, LeakyReLU) and ELU, a transformer's blocks
-without attention (LayerNormalization, Dense on tokens) and a weight-tied convolution called twice, all trained with
-ECQx.
+without attention (LayerNormalization, Dense on tokens) and a weight-tied convolution called twice before a grouped one,
+all trained with ECQx.
 3-D convolutions train with ECQx and go into the bitstream, but TFLite has no integer kernel for them; Embedding tables
 and recurrent kernels, opted in by annotation, train with ECQ. Their TFLite export is refused clearly.
 """
@@ -131,13 +131,14 @@ def densenet_block(average_pooling: keras.layers.Layer | None = None) -> keras.M
 
 
 def weight_tied_net() -> keras.Model:
-    """One convolution applied to the top and the bottom half of the image (a Siamese-style layer, called twice)."""
+    """One convolution applied to the top and the bottom half of the image (a Siamese-style layer, called twice), the
+    halves' features stacked and mixed by a grouped convolution (ResNeXt's)."""
     inputs = keras.Input((28, 28, 1))
     shared = layers.Conv2D(16, 3, strides=2, activation="relu", name="shared_conv")
     top = shared(layers.Cropping2D(((0, 14), (0, 0)))(inputs))
     bottom = shared(layers.Cropping2D(((14, 0), (0, 0)))(inputs))
-    x = layers.Concatenate()([layers.Flatten()(top), layers.Flatten()(bottom)])
-    return keras.Model(inputs, layers.Dense(10, name="logits")(x), name="weight_tied")
+    x = layers.Conv2D(16, 3, groups=4, activation="relu", name="grouped_conv")(layers.Concatenate()([top, bottom]))
+    return keras.Model(inputs, layers.Dense(10, name="logits")(layers.Flatten()(x)), name="weight_tied")
 
 
 def token_mlp_net() -> keras.Model:
@@ -166,7 +167,7 @@ MODELS = {
     "SeparableConv1D": separable_1d_net,
     "relu6, hard_sigmoid, PReLU, LeakyReLU, ELU": activations_net,
     "LayerNormalization token MLP": token_mlp_net,
-    "a layer called twice": weight_tied_net,
+    "a layer called twice, a grouped convolution": weight_tied_net,
 }
 
 

@@ -314,6 +314,46 @@ def test_3d_and_transposed_3d_convolutions_equal_their_2d_forms_on_a_volume_of_d
         np.testing.assert_allclose(actual, r_w.reshape(actual.shape), atol=1e-3 * np.abs(r_w).max())
 
 
+def grouped_model(groups: int) -> keras.Model:
+    inputs = keras.Input((8, 8, 1))
+    x = layers.Conv2D(4, 3, activation="relu", name="stem")(inputs)
+    x = layers.Conv2D(4, 3, groups=groups, use_bias=False, name="grouped")(x)
+    x = layers.ReLU()(layers.BatchNormalization(name="bn")(x))
+    return keras.Model(inputs, layers.Dense(10, name="logits")(layers.Flatten()(x)))
+
+
+@pytest.mark.parametrize("composite", ["epsilon", "epsilon_plus_flat", "lrp.alpha_2_beta_1"])
+@pytest.mark.parametrize("bn", ["pass", "canonize"])
+def test_a_grouped_convolution_equals_its_block_diagonal_dense_form(digits, composite, bn):
+    keras.utils.set_random_seed(0)
+    grouped, full = with_random_statistics(grouped_model(groups=2)), grouped_model(groups=1)
+    weights = grouped.get_weights()
+    blocks = np.zeros((3, 3, 4, 4), np.float32)  # group g maps input channels 2g, 2g+1 to output channels 2g, 2g+1
+    for g in range(2):
+        blocks[:, :, 2 * g : 2 * g + 2, 2 * g : 2 * g + 2] = weights[2][..., 2 * g : 2 * g + 2]
+    full.set_weights(weights[:2] + [blocks] + weights[3:])
+    x, y = digits
+    np.testing.assert_allclose(grouped(x), full(x), atol=1e-5)
+    expected = lrp(full, x, y, composite=composite, bn=bn)
+    relevances = lrp(grouped, x, y, composite=composite, bn=bn)
+    np.testing.assert_allclose(relevances.input, expected.input, atol=1e-4 * np.abs(expected.input).max())
+    in_group = np.stack([expected.weights["grouped"][:, :, 2 * g : 2 * g + 2, 2 * g : 2 * g + 2] for g in range(2)])
+    actual = np.moveaxis(relevances.weights["grouped"].reshape(3, 3, 2, 2, 2), 3, 0)  # (group, 3, 3, in, out)
+    np.testing.assert_allclose(actual, in_group, atol=1e-4 * np.abs(in_group).max())
+
+
+def test_a_softmax_layer_passes_relevance_as_a_softmax_activation_does(digits):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1))
+    logits = layers.Dense(10, name="logits")(layers.Flatten()(layers.Conv2D(4, 3, activation="relu")(inputs)))
+    as_layer = keras.Model(inputs, layers.Softmax()(logits))
+    as_activation = keras.Model(inputs, layers.Activation("softmax")(logits))
+    x, y = digits
+    expected, relevances = lrp(as_activation, x, y), lrp(as_layer, x, y)
+    np.testing.assert_allclose(relevances.input, expected.input, rtol=1e-6)
+    assert np.abs(relevances.input).sum() > 0
+
+
 def test_batch_norm_after_a_transposed_convolution_is_canonized_into_its_output_channels(digits):
     """Canonizing equals explaining the model with the BatchNorm folded in by hand (a transposed kernel is
     (h, w, out, in): the scale goes on its second-to-last axis)."""

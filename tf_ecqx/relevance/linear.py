@@ -42,10 +42,13 @@ def kind(layer: keras.layers.Layer) -> str:
 
 
 def check_linear(layer: keras.layers.Layer) -> None:
-    """Refuse the variants LRP does not implement: grouped and channels_first convolutions."""
-    if getattr(layer, "groups", 1) != 1 or getattr(layer, "data_format", "channels_last") != "channels_last":
+    """Refuse the variant LRP does not implement: channels_first convolutions (the rules broadcast a bias over the
+    last axis)."""
+    if getattr(layer, "data_format", "channels_last") != "channels_last":
         raise ValueError(
-            f"Layer {layer.name!r} ({type(layer).__name__}) is a grouped or channels_first convolution; not supported."
+            f"Layer {layer.name!r} ({type(layer).__name__}) is a channels_first convolution, which LRP does not "
+            "support: build the model channels_last (the TFLite export needs that too), or train it with ECQ "
+            "(ecqx=False)."
         )
 
 

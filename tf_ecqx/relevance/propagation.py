@@ -15,8 +15,10 @@ Layers iNNvestigate 2.1.2 has no rule for:
   relevance, and ECQx keeps ECQ's assignment for a kernel without any (ecq/assign.py), rather than pruning the gates;
 - layers Keras makes of TensorFlow ops (MobileNetV3's `x + 3`, `x * (1/6)`): computed with the call's own constants,
   and passed through when elementwise on one tensor; any other such op reached by relevance is refused by name;
-- PReLU passes relevance like the other activations; LayerNormalization passes it unchanged, as BatchNormalization
-  does with bn="pass" (its per-sample statistics cannot be folded into a kernel).
+- PReLU, ELU, ThresholdedReLU and a Softmax layer pass relevance like the other activations (as
+  Activation("softmax") does: at a softmax output the reverse pass starts from the probabilities); LayerNormalization
+  passes it unchanged, as BatchNormalization does with bn="pass" (its per-sample statistics cannot be folded into a
+  kernel).
 Defined differently from iNNvestigate, on purpose: `keras.layers.ReLU` passes relevance unchanged like every other
 activation (iNNvestigate sends it through the ReLU gradient, which only matters where a flat/w² rule put relevance on a
 dead unit), and BatchNormalization is passed or canonized (iNNvestigate applies the layer rule to BN as its own layer,
@@ -51,6 +53,7 @@ PASS_LAYERS = (
     layers.ELU,
     layers.ThresholdedReLU,
     layers.PReLU,
+    layers.Softmax,
     layers.Dropout,
     layers.SpatialDropout1D,
     layers.SpatialDropout2D,

@@ -435,6 +435,30 @@ def test_tensorflow_ops_that_rearrange_a_tensor_move_relevance_as_their_keras_la
     assert np.abs(expected.input).sum() > 0
 
 
+def test_tensorflow_sums_and_products_of_tensors_give_the_relevances_of_add_and_multiply_layers(digits):
+    """RegNet's residual `x + shortcut` and a gate written as TF ops on two Keras tensors, against Add and Multiply."""
+
+    def model(as_tf_ops: bool) -> keras.Model:
+        inputs = keras.Input((8, 8, 1))
+        x = layers.Conv2D(4, 3, activation="relu", name="conv")(inputs)
+        y = layers.Conv2D(4, 3, padding="same", name="branch")(x)
+        gate = layers.Conv2D(4, 1, activation="sigmoid", name="gate")(layers.GlobalAveragePooling2D(keepdims=True)(x))
+        if as_tf_ops:
+            h = tf.math.multiply(x + y, gate) - tf.add_n([x, y])
+        else:
+            h = layers.Subtract()([layers.Multiply()([layers.Add()([x, y]), gate]), layers.Add()([x, y])])
+        return keras.Model(inputs, layers.Dense(10, name="logits")(layers.Flatten()(layers.ReLU()(h))))
+
+    keras_layers, tf_ops = model(False), model(True)
+    tf_ops.set_weights(keras_layers.get_weights())
+    x, y = digits
+    expected, got = lrp(keras_layers, x, y), lrp(tf_ops, x, y)
+    np.testing.assert_allclose(got.input, expected.input, atol=1e-6)
+    for name in ("conv", "branch", "gate", "logits"):
+        np.testing.assert_allclose(got.weights[name], expected.weights[name], rtol=1e-5, atol=1e-7)
+    assert np.abs(expected.input).sum() > 0 and not got.weights["gate"].any()
+
+
 # models, compilation and QAT -----------------------------------------------------------------------------------------
 
 

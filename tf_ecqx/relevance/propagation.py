@@ -6,20 +6,23 @@ layers are handled as iNNvestigate 2.1.2 handles them:
 - pass-through: activation layers (and activations inside Dense/Conv: rules use the pre-activation z), Dropout,
   BatchNormalization (bn="pass"), tfmot QuantizeLayer. With bn="canonize" each BatchNormalization is folded into the
   linear layer before it, forward pass included (like zennit's MergeBatchNorm canonizer), and then passes relevance;
-- gradient (relevance routed like the gradient): MaxPooling, GlobalMaxPooling (winner takes all), Flatten, Reshape,
-  Permute, ZeroPadding (crop), Cropping, Concatenate (split back);
+- gradient (relevance routed like the gradient): MaxPooling, GlobalMaxPooling, Maximum, Minimum (winner takes all),
+  Flatten, Reshape, Permute, ZeroPadding (crop), Cropping, Concatenate (split back);
 - proportional (z rule, R_i = x_i · R / Σ x): Add, AveragePooling, GlobalAveragePooling.
 Layers iNNvestigate 2.1.2 has no rule for:
 - Multiply, signal takes all (Arras et al. 2017, for LSTM gates): the first input of the output's shape gets all the
   relevance, the other factors (squeeze-excite gates, hard-swish's hard sigmoid) none. Their kernels then carry no
   relevance, and ECQx keeps ECQ's assignment for a kernel without any (ecq/assign.py), rather than pruning the gates;
 - layers Keras makes of TensorFlow ops (MobileNetV3's `x + 3`, `x * (1/6)`): computed with the call's own constants,
-  and passed through when elementwise on one tensor; any other such op reached by relevance is refused by name;
+  passed through when elementwise on one tensor, moved back when they rearrange one, and a sum (RegNet's
+  `x + shortcut`) or product of tensors as Add or Multiply; any other such op reached by relevance is refused by name;
+- Average, proportional like Add;
 - PReLU, ELU, ThresholdedReLU and a Softmax layer pass relevance like the other activations (as
   Activation("softmax") does: at a softmax output the reverse pass starts from the probabilities); LayerNormalization
   passes it unchanged, as BatchNormalization does with bn="pass" (its per-sample statistics cannot be folded into a
   kernel).
-Defined differently from iNNvestigate, on purpose: `keras.layers.ReLU` passes relevance unchanged like every other
+Defined differently from iNNvestigate, on purpose: Subtract is proportional, a − b as a + (−b) (iNNvestigate's
+gradient hands R to a and −R to b, which sum to zero); `keras.layers.ReLU` passes relevance unchanged like every other
 activation (iNNvestigate sends it through the ReLU gradient, which only matters where a flat/w² rule put relevance on a
 dead unit), and BatchNormalization is passed or canonized (iNNvestigate applies the layer rule to BN as its own layer,
 with the scale 1/sqrt(var² + eps) instead of 1/sqrt(var + eps)).
@@ -84,9 +87,13 @@ GRADIENT_LAYERS = (
     layers.UpSampling2D,
     layers.UpSampling3D,
     layers.Concatenate,
+    layers.Maximum,
+    layers.Minimum,
 )
 PROPORTIONAL_LAYERS = (
     layers.Add,
+    layers.Subtract,
+    layers.Average,
     layers.AveragePooling1D,
     layers.AveragePooling2D,
     layers.AveragePooling3D,
@@ -95,7 +102,15 @@ PROPORTIONAL_LAYERS = (
     layers.GlobalAveragePooling3D,
 )
 SIGNAL_TAKES_ALL_LAYERS = (layers.Multiply,)
-MERGE_LAYERS = (layers.Add, layers.Concatenate, layers.Multiply)
+MERGE_LAYERS = (
+    layers.Add,
+    layers.Subtract,
+    layers.Average,
+    layers.Maximum,
+    layers.Minimum,
+    layers.Concatenate,
+    layers.Multiply,
+)
 SUPPORTED = (
     *LINEAR_KINDS,
     *PASS_LAYERS,
@@ -228,7 +243,7 @@ def _signal_takes_all(step: Step, xs: list[tf.Tensor], r: tf.Tensor) -> list[tf.
     signal = next((i for i, x in enumerate(xs) if x.shape == r.shape), None)
     if signal is None:
         raise ValueError(
-            f"Layer {step.layer.name!r} (Multiply) has no input of its output's shape {tuple(r.shape)}: LRP passes a "
+            f"Layer {step.layer.name!r} (a product) has no input of its output's shape {tuple(r.shape)}: LRP passes a "
             "product's relevance to its signal, the factor the others (gates) scale."
         )
     return [r if i == signal else None for i in range(len(xs))]
@@ -240,18 +255,28 @@ REARRANGING_TF_OPS = frozenset(
 )
 
 
-def _tf_op_pass(step: Step, xs: list[tf.Tensor], r: tf.Tensor) -> list[tf.Tensor]:
+# TensorFlow ops of several tensors that Add and Multiply layers stand for (ResNet-style `x + shortcut`, gates).
+SUMMING_TF_OPS = frozenset({"__operators__.add", "math.add", "math.add_n", "math.subtract"})
+MULTIPLYING_TF_OPS = frozenset({"math.multiply"})
+
+
+def _tf_op_pass(step: Step, xs: list[tf.Tensor], r: tf.Tensor) -> list[tf.Tensor | None]:
     """R unchanged through a TensorFlow-op layer that is elementwise on one tensor, moved back through one that only
-    rearranges its elements (REARRANGING_TF_OPS); any other such op is refused."""
+    rearranges its elements (REARRANGING_TF_OPS), and as through Add or Multiply through a sum or product of tensors;
+    any other such op is refused."""
     function = step.layer.get_config().get("function")
     if len(xs) == 1 and function in REARRANGING_TF_OPS:
         return _gradient(step, xs, r)
+    if len(xs) > 1 and function in SUMMING_TF_OPS:
+        return _proportional(step, xs, r)
+    if len(xs) > 1 and function in MULTIPLYING_TF_OPS:
+        return _signal_takes_all(step, xs, r)
     if len(xs) != 1 or xs[0].shape != r.shape:
         raise ValueError(
             f"Layer {step.layer.name!r} ({function}, a TensorFlow op Keras wrapped) is reached by relevance and is "
-            "neither elementwise on one tensor nor a rearrangement of one (expand_dims, squeeze, reshape, "
-            "transpose): LRP has no rule for it. Write it as a Keras layer (Add, Multiply, Reshape, ...), or train "
-            "the model with ECQ (ecqx=False)."
+            "neither elementwise on one tensor, a sum or product of tensors, nor a rearrangement of one (expand_dims, "
+            "squeeze, reshape, transpose): LRP has no rule for it. Write it as a Keras layer (Add, Multiply, "
+            "Reshape, ...), or train the model with ECQ (ecqx=False)."
         )
     return [r]
 

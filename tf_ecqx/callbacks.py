@@ -185,7 +185,7 @@ class RelevanceCallback(keras.callbacks.Callback):
         for k in self._kernels:
             relevance = k.state["relevance"]
             relevance.assign((1.0 - keep) * relevances[k.name] + keep * relevance)
-            k.state["relevance_budget"].assign(budget * self._calls[k.name])  # each call of a shared layer spends
+            k.state["relevance_budget"].assign(budget * self._calls[k.name])  # each call of a shared layer spends one
 
     def _compile(self) -> None:
         """One graph per refresh (LRP, momentum mix, budget) instead of a handful of eager ops per kernel."""

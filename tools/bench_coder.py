@@ -69,7 +69,8 @@ def nncodec_bytes(nnc: Any, layers: list[Any]) -> tuple[int, str]:
             )
         decoded = nnc.decompress(stream)
         for name, codes in tensors.items():
-            assert np.array_equal(np.asarray(decoded[name]), codes), f"NNCodec does not round-trip {name}"
+            if not np.array_equal(np.asarray(decoded[name]), codes):
+                raise RuntimeError(f"NNCodec ({row_skipping=}, {param_opt=}) does not decode {name} bit-exact")
         sizes[f"row_skipping={row_skipping}, param_opt={param_opt}"] = len(stream)
     best = min(sizes, key=sizes.get)
     return sizes[best], best

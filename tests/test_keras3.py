@@ -16,7 +16,6 @@ import pytest
 
 import tf_ecqx
 from tf_ecqx._keras import keras as tf_keras
-from tf_ecqx.export import ExportError
 from tf_ecqx.models import compile_for_classification
 from tf_ecqx.quantization.kernels import quantized_kernels
 
@@ -88,8 +87,7 @@ def shared_layers() -> keras.Model:
     x = L.ReLU(name="relu_a")(x)
     x = shared(x)  # the same layer, its kernel, a second time
     x = L.ReLU(name="relu_b")(x)
-    x = L.MaxPooling2D(name="pool")(x)
-    x = L.Flatten(name="flatten")(x)
+    x = L.GlobalAveragePooling2D(name="gap")(x)
     return keras.Model(inputs, L.Dense(10, name="logits")(x), name="shared_layers")
 
 
@@ -131,14 +129,8 @@ MODELS = {f.__name__: f for f in (demo_cnn, mlp, residual_bn, separable, two_inp
 REBUILT_ONLY = {f.__name__: f for f in (coverage, sequential)}
 # tf_ecqx quantizes no SeparableConv2D (tf_keras models alike): it stays in float, named as in the Keras 3 model
 EXCLUDED = {"separable": ["sep"]}
-SHARED_KERNEL_EXPORT = pytest.mark.xfail(
-    raises=ExportError,
-    strict=True,
-    reason="export limit, tf_keras models alike: the converter gives each call of a shared layer its own filter "
-    "constant, and the exporter's filter check needs one filter per quantized kernel",
-)
 # the models export.to_tflite takes (one input, one output)
-SINGLE_IO = ["demo_cnn", "mlp", "residual_bn", "separable", pytest.param("shared_layers", marks=SHARED_KERNEL_EXPORT)]
+SINGLE_IO = ["demo_cnn", "mlp", "residual_bn", "separable", "shared_layers"]
 
 
 def model_inputs(name: str, images: np.ndarray) -> np.ndarray | list[np.ndarray]:
@@ -306,7 +298,7 @@ def test_quantized_keras3_model_exports_to_tflite(name, quantized, fashion_small
     assert {check.layer for check in result.kernels} == {
         k.layer_name for k in quantized_kernels(quantized[name].qmodel)
     }
-    assert result.argmax_agreement >= 0.9
+    assert result.argmax_agreement >= 0.9 and result.relative_error < 0.05
 
 
 def test_a_keras3_backbone_under_a_new_head_is_rebuilt_nested_then_quantized_flat(fashion_small, tmp_path):

@@ -459,6 +459,19 @@ def test_tensorflow_sums_and_products_of_tensors_give_the_relevances_of_add_and_
     assert np.abs(expected.input).sum() > 0 and not got.weights["gate"].any()
 
 
+def test_subtract_and_average_conserve_relevance_as_add_does(digits):
+    """a − b shares R between a and −b in proportion (iNNvestigate's gradient would give R and −R: a sum of zero)."""
+    inputs = keras.Input((8, 8, 1))
+    x = layers.Conv2D(4, 3, use_bias=False, name="conv")(inputs)
+    y = layers.Conv2D(4, 3, padding="same", use_bias=False, name="branch")(x)
+    h = layers.Average()([layers.Subtract()([x, y]), x])
+    model = keras.Model(inputs, layers.Dense(10, use_bias=False, name="logits")(layers.Flatten()(h)))
+    x, y = digits
+    relevances = lrp(model, x, y, composite=TINY_EPSILON)
+    np.testing.assert_allclose(relevances.input.sum(axis=(1, 2, 3)), target_logits(model, x, y), rtol=1e-3, atol=1e-5)
+    assert np.abs(relevances.weights["branch"]).sum() > 0
+
+
 # models, compilation and QAT -----------------------------------------------------------------------------------------
 
 
